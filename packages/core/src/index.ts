@@ -1,0 +1,4 @@
+export * from './address.js';
+export * from './model.js';
+export * from './policy.js';
+export * from './config.js';

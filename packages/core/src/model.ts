@@ -1,0 +1,67 @@
+import { z } from 'zod';
+import { normalizeTarget } from './address.js';
+
+export const ORIGINS = ['fail2ban', '3cx', 'manual', 'import'] as const;
+export type Origin = (typeof ORIGINS)[number];
+export const SCOPES = ['report', 'read', 'admin'] as const;
+export type Scope = (typeof SCOPES)[number];
+
+/** A target in canonical text form (see address.ts); anything else fails with the parser's reason. */
+export const TargetSchema = z.string().transform((value, ctx) => {
+  try {
+    return normalizeTarget(value);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+/** A report as it travels on `<ns>.reports`: what one host says about one target. */
+export const ReportSchema = z.object({
+  id: z.uuid(),
+  action: z.enum(['ban', 'unban']),
+  target: TargetSchema,
+  /** From the token, never from the request body. */
+  host: z.string().min(1).max(63),
+  origin: z.enum(ORIGINS),
+  jail: z.string().max(64).nullish(),
+  reason: z.string().max(200).nullish(),
+  /** Seconds; -1 = permanent; absent = permanent unless policy says otherwise. */
+  bantime: z.number().int().min(-1).max(2_147_483_647).nullish(),
+  failures: z.number().int().min(0).max(2_147_483_647).nullish(),
+  matches: z.string().max(1000).nullish(),
+  /** When the host saw it (ISO 8601). */
+  time: z.iso.datetime({ offset: true }),
+});
+export type Report = z.infer<typeof ReportSchema>;
+
+/** One banned target, as the fleet enforces it. */
+export const DecisionSchema = z.object({
+  target: TargetSchema,
+  origin: z.enum(ORIGINS),
+  first_seen: z.iso.datetime({ offset: true }),
+  last_seen: z.iso.datetime({ offset: true }),
+  expires_at: z.iso.datetime({ offset: true }).nullable(),
+  reporters: z.number().int().min(0),
+  ban_count: z.number().int().min(0),
+  reason: z.string().nullable(),
+});
+export type Decision = z.infer<typeof DecisionSchema>;
+
+/** One entry of the decision stream on the `<ns>.decisions` fanout. `add` is an upsert. */
+export const DecisionChangeSchema = z.object({
+  seq: z.number().int().positive(),
+  op: z.enum(['add', 'del']),
+  target: TargetSchema,
+  expires_at: z.iso.datetime({ offset: true }).nullish(),
+  reason: z.string().nullish(),
+});
+export type DecisionChange = z.infer<typeof DecisionChangeSchema>;
+
+/** Turns a zod error into the first field name and a sentence, for `{error, field}` answers. */
+export function describeIssue(error: z.ZodError): { field: string; message: string } {
+  const issue = error.issues[0];
+  if (!issue) return { field: 'body', message: 'invalid input' };
+  const field = issue.path.length > 0 ? issue.path.map(String).join('.') : 'body';
+  return { field, message: issue.message };
+}

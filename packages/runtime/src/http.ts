@@ -1,0 +1,130 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type Express, type NextFunction, type Request, type Response } from 'express';
+import { pinoHttp } from 'pino-http';
+import type { Logger } from './logger.js';
+import { redactUrl } from './logger.js';
+import type { Registry } from './metrics.js';
+import { HttpError } from './errors.js';
+
+/** A named readiness check: resolves true when the dependency answers. */
+export type ReadinessCheck = () => Promise<boolean> | boolean;
+
+export interface ServiceAppOptions {
+  logger: Logger;
+  registry: Registry;
+  /** Checks behind /readyz; every one must pass for 200. */
+  readiness?: Record<string, ReadinessCheck>;
+}
+
+/**
+ * An express app with request logging, /healthz, /readyz and /metrics. The caller mounts its own
+ * routes and then calls `finishApp` to add the 404 and error handlers.
+ */
+export function createServiceApp(options: ServiceAppOptions): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', 'loopback, linklocal, uniquelocal');
+  app.use(
+    pinoHttp({
+      logger: options.logger,
+      serializers: {
+        req: (req: { method: string; url: string; id: unknown; remoteAddress?: string }) => ({
+          id: req.id,
+          method: req.method,
+          url: redactUrl(req.url),
+          remoteAddress: req.remoteAddress,
+        }),
+        res: (res: { statusCode: number }) => ({ statusCode: res.statusCode }),
+      },
+      // Probes and scrapes every few seconds would drown the log.
+      autoLogging: { ignore: (req) => /^\/(healthz|readyz|metrics)$/.test(req.url ?? '') },
+    }),
+  );
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    const checks: Record<string, boolean> = {};
+    for (const [name, check] of Object.entries(options.readiness ?? {})) {
+      try {
+        checks[name] = await check();
+      } catch {
+        checks[name] = false;
+      }
+    }
+    const ready = Object.values(checks).every(Boolean);
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
+  });
+  app.get('/metrics', async (_req, res) => {
+    res.set('Content-Type', options.registry.contentType);
+    res.send(await options.registry.metrics());
+  });
+  return app;
+}
+
+/** Adds the JSON 404 and the error handler that turns HttpError (and body-parser errors) into answers. */
+export function finishApp(app: Express): Express {
+  app.use((_req, _res, next) => next(new HttpError(404, 'not found')));
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    const { status, body, headers } = toAnswer(err);
+    if (status >= 500) (res as Response & { err?: unknown }).err = err;
+    for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
+    res.status(status).json(body);
+  });
+  return app;
+}
+
+function toAnswer(err: unknown): {
+  status: number;
+  body: { error: string; field?: string };
+  headers: Record<string, string>;
+} {
+  if (err instanceof HttpError) {
+    const body: { error: string; field?: string } = { error: err.message };
+    if (err.field !== undefined) body.field = err.field;
+    return { status: err.status, body, headers: err.headers };
+  }
+  // body-parser errors carry status/type: too large, malformed JSON, bad charset.
+  const e = err as { status?: number; statusCode?: number; type?: string; message?: string };
+  const status = e.status ?? e.statusCode;
+  if (typeof status === 'number' && status >= 400 && status < 500) {
+    const message =
+      e.type === 'entity.too.large'
+        ? 'request body too large'
+        : e.type === 'entity.parse.failed'
+          ? 'request body is not valid JSON'
+          : (e.message ?? 'bad request');
+    return { status, body: { error: message, field: 'body' }, headers: {} };
+  }
+  return { status: 500, body: { error: 'internal error' }, headers: {} };
+}
+
+export interface Listening {
+  server: Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Listens on host:port (port 0 = any free port, for tests) and closes keep-alive sockets on close. */
+export async function listen(app: Express, port: number, host = '0.0.0.0'): Promise<Listening> {
+  const server = createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const actual = (server.address() as AddressInfo).port;
+  return {
+    server,
+    port: actual,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        setTimeout(() => server.closeAllConnections(), 2_000).unref();
+      }),
+  };
+}

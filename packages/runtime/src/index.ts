@@ -1,0 +1,5 @@
+export * from './logger.js';
+export * from './metrics.js';
+export * from './errors.js';
+export * from './http.js';
+export * from './lifecycle.js';
