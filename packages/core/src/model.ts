@@ -65,3 +65,17 @@ export function describeIssue(error: z.ZodError): { field: string; message: stri
   const field = issue.path.length > 0 ? issue.path.map(String).join('.') : 'body';
   return { field, message: issue.message };
 }
+
+/** Most reports one message on `<ns>.reports` carries. Batches travel packed so that ingest's batch
+ *  path is not bound by the broker's confirmed-publish rate (~41,000 messages/s). */
+export const MAX_REPORTS_PER_MESSAGE = 500;
+
+/**
+ * The body of a message on `<ns>.reports`: one report (as a script or an operator would publish it) or
+ * an array of up to MAX_REPORTS_PER_MESSAGE. Always read as an array.
+ */
+export const ReportMessageSchema = z.union([
+  ReportSchema.transform((report) => [report]),
+  z.array(ReportSchema).min(1).max(MAX_REPORTS_PER_MESSAGE),
+]);
+export type ReportMessage = z.infer<typeof ReportMessageSchema>;

@@ -68,7 +68,8 @@ export function finishApp(app: Express): Express {
   app.use((_req, _res, next) => next(new HttpError(404, 'not found')));
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const { status, body, headers } = toAnswer(err);
-    if (status >= 500) (res as Response & { err?: unknown }).err = err;
+    // pino-http logs res.err; without it, it invents a generic error for the 500.
+    if (status >= 500) res.err = err instanceof Error ? err : new Error(String(err));
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     res.status(status).json(body);
   });

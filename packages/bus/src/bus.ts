@@ -1,0 +1,912 @@
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import {
+  connect,
+  type Channel,
+  type ChannelModel,
+  type ConfirmChannel,
+  type ConsumeMessage,
+  type MessageProperties,
+  type Options,
+  type RecoveringChannelModel,
+} from 'amqplib';
+import type { ZodType } from 'zod';
+import { MAX_REPORTS_PER_MESSAGE, type DecisionChange, type Report } from '@banbus/core';
+import { Counter, Gauge, metric, type Logger, type Registry } from '@banbus/runtime';
+import { declareTopology, topology, type Topology } from './topology.js';
+
+/** The broker cannot take the message now: not connected, the channel closed, it nacked, or it did not confirm in time. */
+export class BusUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BusUnavailableError';
+  }
+}
+
+export interface BusOptions {
+  url: string;
+  namespace: string;
+  logger: Logger;
+  registry?: Registry;
+  /** How long a publish waits for the broker's confirms before rejecting. Default 5000 ms. */
+  publishTimeoutMs?: number;
+  /** Reconnect attempts before the first connection counts as failed (`connect` rejects). Default 8 (~15 s).
+   *  After the first connection the Bus retries forever. */
+  initialConnectRetries?: number;
+  /** Longest pause between reconnect attempts. Default 5000 ms. */
+  maxReconnectDelayMs?: number;
+}
+
+export interface PublishOptions {
+  /** One per body, same order. */
+  messageIds?: string[];
+  headers?: Record<string, unknown>;
+}
+
+export interface Delivery<T> {
+  body: T;
+  /** 1 on the first delivery; counts failed handler runs of this message (survives redelivery). */
+  attempt: number;
+  messageId: string | undefined;
+}
+
+export interface ConsumeOptions<T> {
+  queue: string;
+  /** Extra topology for this consumer (declare/bind its queue); re-run on every reconnect. */
+  declare?: (channel: Channel) => Promise<void>;
+  /** Invalid body (not JSON / fails the schema) → dead-letter at once with the reason, acked. */
+  schema: ZodType<T>;
+  prefetch: number;
+  /** The handler gets 1..batchSize deliveries at once, in queue order. */
+  batchSize: number;
+  /** Attempts before dead-lettering a message that keeps failing. */
+  maxRetries: number;
+  /** Errors for which retrying is pointless to count (e.g. the database is away): the batch is requeued after
+   *  a backoff without counting an attempt, consumption paused meanwhile. */
+  isTransient?: (err: unknown) => boolean;
+  handler: (deliveries: Delivery<T>[]) => Promise<void>;
+}
+
+export interface Consumer {
+  cancel(): Promise<void>;
+}
+
+type BusEvent = 'connected' | 'disconnected';
+
+/** One message ready for a confirm channel. */
+interface Outgoing {
+  exchange: string;
+  routingKey: string;
+  content: Buffer;
+  options: Options.Publish;
+}
+
+interface Metrics {
+  published: Counter;
+  publishFailures: Counter;
+  deadLettered: Counter<'queue'>;
+  connected: Gauge;
+}
+
+export const ATTEMPTS_HEADER = 'x-banbus-attempts';
+export const REASON_HEADER = 'x-banbus-reason';
+export const QUEUE_HEADER = 'x-banbus-queue';
+
+const DEFAULT_PUBLISH_TIMEOUT_MS = 5_000;
+
+/**
+ * One AMQP connection with a confirm channel for publishing and one channel per consumer. amqplib's
+ * `recovery` reconnects with backoff after the broker goes away and re-runs `setup`, where the topology is
+ * declared again and the publisher and every consumer get fresh channels.
+ */
+export class Bus {
+  readonly topology: Topology;
+  private readonly logger: Logger;
+  private readonly events = new EventEmitter();
+  private readonly metrics: Metrics | null;
+  private readonly publishTimeoutMs: number;
+  private readonly consumers = new Set<QueueConsumer<unknown>>();
+  private connection: RecoveringChannelModel | null = null;
+  /** The live connection (null while disconnected); consumers create their channels on it. */
+  private model: ChannelModel | null = null;
+  private publisher: ConfirmChannel | null = null;
+  /** Why the publisher channel closed last (e.g. 404 no exchange), to put in the error of the publishes it took down. */
+  private publisherError: Error | null = null;
+  private isConnected = false;
+  private blocked = false;
+  private closing = false;
+
+  private constructor(private readonly options: BusOptions) {
+    this.topology = topology(options.namespace);
+    this.logger = options.logger.child({ component: 'bus' });
+    this.publishTimeoutMs = options.publishTimeoutMs ?? DEFAULT_PUBLISH_TIMEOUT_MS;
+    this.metrics = options.registry ? createMetrics(options.registry) : null;
+    // Nobody has to listen; an EventEmitter without listeners is fine for these two events.
+    this.events.setMaxListeners(100);
+  }
+
+  /** Connects (retrying a few times), declares the topology and keeps reconnecting after that by itself. */
+  static async connect(options: BusOptions): Promise<Bus> {
+    const bus = new Bus(options);
+    await bus.start();
+    return bus;
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  on(event: BusEvent, listener: () => void): this {
+    this.events.on(event, listener);
+    return this;
+  }
+
+  off(event: BusEvent, listener: () => void): this {
+    this.events.off(event, listener);
+    return this;
+  }
+
+  once(event: BusEvent, listener: () => void): this {
+    this.events.once(event, listener);
+    return this;
+  }
+
+  private async start(): Promise<void> {
+    const connection = await connect(this.options.url, {
+      recovery: {
+        initialDelay: 100,
+        maxDelay: this.options.maxReconnectDelayMs ?? 5_000,
+        factor: 2,
+        jitter: 0.2,
+        maxRetries: Infinity,
+        initialMaxRetries: this.options.initialConnectRetries ?? 8,
+        waitForConnect: false,
+        setup: (model: ChannelModel) => this.setup(model),
+      },
+    });
+    this.connection = connection;
+    connection.on('connect', () => {
+      if (this.closing) return;
+      this.blocked = false;
+      this.isConnected = true;
+      this.metrics?.connected.set(1);
+      this.logger.info({ namespace: this.topology.namespace }, 'connected to RabbitMQ');
+      this.events.emit('connected');
+    });
+    connection.on('disconnect', (err: Error) => this.onDisconnected(err));
+    connection.on('connect-failed', (err: Error) => {
+      this.logger.warn({ err: describe(err) }, 'RabbitMQ connection attempt failed');
+    });
+    connection.on('reconnect-scheduled', (info: { attempt: number; delay: number }) => {
+      this.logger.debug(info, 'reconnecting to RabbitMQ');
+    });
+    connection.on('reconnect-failed', (err: Error) => {
+      this.logger.error({ err: describe(err) }, 'gave up reconnecting to RabbitMQ');
+    });
+    connection.on('error', (err: Error) => {
+      this.logger.warn({ err: describe(err) }, 'RabbitMQ connection error');
+    });
+    connection.on('handler-error', (err: Error, event: string) => {
+      this.logger.error({ err, event }, 'error thrown in an AMQP event handler');
+    });
+    // While the broker blocks publishers (memory or disk alarm) a publish would only wait for its timeout.
+    connection.on('blocked', (reason: string) => {
+      this.blocked = true;
+      this.logger.warn({ reason }, 'RabbitMQ blocked publishing');
+    });
+    connection.on('unblocked', () => {
+      this.blocked = false;
+      this.logger.info('RabbitMQ unblocked publishing');
+    });
+    try {
+      await connection.waitForConnect();
+    } catch (err) {
+      throw new BusUnavailableError(
+        `cannot connect to RabbitMQ at ${redactUrl(this.options.url)}: ${describe(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+  }
+
+  /** Runs after every (re)connect, before amqplib reports 'connect'. Throwing makes amqplib retry. */
+  private async setup(model: ChannelModel): Promise<void> {
+    // amqplib binds its own listeners only after setup resolved: without this an 'error' would be thrown.
+    model.on('error', (err: Error) => this.logger.debug({ err: describe(err) }, 'AMQP connection error'));
+    model.once('close', () => {
+      if (this.model === model) {
+        this.model = null;
+        this.publisher = null;
+      }
+    });
+    const declaring = await model.createChannel();
+    declaring.on('error', (err: Error) =>
+      this.logger.warn({ err: describe(err) }, 'declaring the topology failed'),
+    );
+    await declareTopology(declaring, this.topology);
+    await declaring.close();
+    this.model = model;
+    await this.openPublisher(model);
+    for (const consumer of this.consumers) {
+      // One consumer failing to attach (say, its declare throws) must not keep the rest of the bus down.
+      await consumer.attach(model).catch((err: unknown) => consumer.attachFailed(model, err));
+    }
+  }
+
+  private async openPublisher(model: ChannelModel): Promise<void> {
+    const channel = await model.createConfirmChannel();
+    channel.on('error', (err: Error) => {
+      this.publisherError = err;
+      this.logger.warn({ err: describe(err) }, 'publisher channel error');
+    });
+    channel.on('close', () => {
+      if (this.publisher !== channel) return;
+      this.publisher = null;
+      // A channel-level error (publish to a missing exchange) closes only this channel: open a new one. When
+      // the whole connection went, model is already cleared (connection 'close' comes after the channels').
+      setImmediate(() => void this.reopenPublisher(model, 1));
+    });
+    this.publisherError = null;
+    this.publisher = channel;
+  }
+
+  private async reopenPublisher(model: ChannelModel, attempt: number): Promise<void> {
+    if (this.closing || this.model !== model || this.publisher) return;
+    try {
+      await this.openPublisher(model);
+    } catch (err) {
+      if (this.model !== model) return;
+      const delay = Math.min(5_000, 100 * 2 ** attempt);
+      this.logger.warn({ err: describe(err), delay }, 'reopening the publisher channel failed');
+      setTimeout(() => void this.reopenPublisher(model, attempt + 1), delay).unref();
+    }
+  }
+
+  private onDisconnected(err: Error): void {
+    this.model = null;
+    this.publisher = null;
+    const was = this.isConnected;
+    this.isConnected = false;
+    this.metrics?.connected.set(0);
+    if (this.closing) return;
+    this.logger.warn({ err: describe(err) }, 'lost the RabbitMQ connection; reconnecting');
+    if (was) this.events.emit('disconnected');
+  }
+
+  /** Persistent JSON messages on a confirm channel; resolves only when the broker confirmed all of them.
+   *  Rejects with BusUnavailableError when not connected, nacked or the channel closed (never hangs: timeout). */
+  async publish(
+    exchange: string,
+    routingKey: string,
+    bodies: readonly unknown[],
+    opts: PublishOptions = {},
+  ): Promise<void> {
+    const messages = bodies.map((body, i) => ({
+      exchange,
+      routingKey,
+      content: encode(body),
+      options: publishProperties(opts.messageIds?.[i], opts.headers),
+    }));
+    await this.send(messages);
+  }
+
+  /** To the reports exchange with routing key `report.<action>`, messageId = report.id, in the given order. */
+  async publishReports(reports: readonly Report[]): Promise<void> {
+    // A lone report travels as itself; more are packed MAX_REPORTS_PER_MESSAGE to a message, which is
+    // what lets a batch of thousands be confirmed in milliseconds. The messageId is the first report's id.
+    const messages = [];
+    for (let i = 0; i < reports.length; i += MAX_REPORTS_PER_MESSAGE) {
+      const chunk = reports.slice(i, i + MAX_REPORTS_PER_MESSAGE);
+      const first = chunk[0]!;
+      messages.push({
+        exchange: this.topology.reportsExchange,
+        routingKey: chunk.length === 1 ? `report.${first.action}` : 'report.batch',
+        content: encode(chunk.length === 1 ? first : chunk),
+        options: publishProperties(first.id),
+      });
+    }
+    await this.send(messages);
+  }
+
+  /** To the decisions fanout in the given order (one channel keeps it), messageId = String(seq). */
+  async publishDecisionChanges(changes: readonly DecisionChange[]): Promise<void> {
+    await this.send(
+      changes.map((change) => ({
+        exchange: this.topology.decisionsExchange,
+        routingKey: '',
+        content: encode(change),
+        options: publishProperties(String(change.seq)),
+      })),
+    );
+  }
+
+  /**
+   * Publishes every message at once (pipelined: one round trip for the whole batch, not one per message)
+   * and resolves when the broker confirmed the last of them.
+   * @internal also used by consumers to republish retries and dead letters.
+   */
+  async send(messages: readonly Outgoing[]): Promise<void> {
+    if (messages.length === 0) return;
+    try {
+      await this.sendConfirmed(messages);
+      this.metrics?.published.inc(messages.length);
+    } catch (err) {
+      this.metrics?.publishFailures.inc(messages.length);
+      throw err;
+    }
+  }
+
+  private sendConfirmed(messages: readonly Outgoing[]): Promise<void> {
+    const channel = this.publisher;
+    if (this.closing) return Promise.reject(new BusUnavailableError('the bus is closed'));
+    if (!this.isConnected || !channel) {
+      return Promise.reject(new BusUnavailableError('not connected to RabbitMQ'));
+    }
+    if (this.blocked)
+      return Promise.reject(new BusUnavailableError('RabbitMQ is blocking publishers (resource alarm)'));
+    return new Promise<void>((resolve, reject) => {
+      let unconfirmed = messages.length;
+      let settled = false;
+      const finish = (err?: Error): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve();
+      };
+      const timer = setTimeout(() => {
+        finish(
+          new BusUnavailableError(
+            `RabbitMQ did not confirm ${unconfirmed} of ${messages.length} messages within ${this.publishTimeoutMs} ms`,
+          ),
+        );
+      }, this.publishTimeoutMs);
+      const onConfirm = (err: unknown): void => {
+        if (err) {
+          finish(this.publishError(err));
+          return;
+        }
+        unconfirmed -= 1;
+        if (unconfirmed === 0) finish();
+      };
+      try {
+        for (const m of messages) channel.publish(m.exchange, m.routingKey, m.content, m.options, onConfirm);
+      } catch (err) {
+        // amqplib throws synchronously when the channel is already closing or closed.
+        finish(this.publishError(err));
+      }
+    });
+  }
+
+  private publishError(err: unknown): BusUnavailableError {
+    const message = describe(err);
+    if (message === 'message nacked') return new BusUnavailableError('RabbitMQ refused (nacked) the message');
+    const why = this.publisherError ? `: ${describe(this.publisherError)}` : '';
+    return new BusUnavailableError(
+      `the publisher channel closed before RabbitMQ confirmed (${message})${why}`,
+      {
+        cause: err,
+      },
+    );
+  }
+
+  /** Starts consuming; when not connected the consumer starts with the next connection. */
+  async consume<T>(options: ConsumeOptions<T>): Promise<Consumer> {
+    if (this.closing) throw new BusUnavailableError('the bus is closed');
+    validateConsumeOptions(options);
+    const consumer = new QueueConsumer<T>(
+      this,
+      options,
+      this.logger.child({ queue: options.queue }),
+      this.metrics,
+    );
+    const model = this.model;
+    if (model) await consumer.attach(model);
+    this.consumers.add(consumer as QueueConsumer<unknown>);
+    return consumer;
+  }
+
+  /** @internal */
+  currentModel(): ChannelModel | null {
+    return this.model;
+  }
+
+  /** @internal */
+  forget(consumer: QueueConsumer<unknown>): void {
+    this.consumers.delete(consumer);
+  }
+
+  /** Stops the consumers (their unacked messages go back to the queue) and closes the connection. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    const consumers = [...this.consumers];
+    await Promise.allSettled(consumers.map((c) => c.cancel()));
+    this.closing = true;
+    const wasConnected = this.isConnected;
+    this.isConnected = false;
+    this.model = null;
+    this.publisher = null;
+    this.metrics?.connected.set(0);
+    await this.connection?.close().catch(() => undefined);
+    if (wasConnected) this.events.emit('disconnected');
+  }
+}
+
+interface Held {
+  message: ConsumeMessage;
+  /** The channel it came on: its delivery tag only means something there. */
+  channel: Channel;
+}
+
+interface Parsed<T> {
+  held: Held;
+  delivery: Delivery<T>;
+}
+
+const MAX_TRANSIENT_BACKOFF_MS = 10_000;
+/** Longest time a partial batch waits for more deliveries that are still arriving. */
+const LINGER_MS = 2;
+
+/**
+ * One queue's consumer. Deliveries are collected as they arrive; the handler runs when batchSize are
+ * there or when a turn of the event loop brought no more (so one lone message is handled at once, while a
+ * burst that arrives while the handler is busy forms the next batch). One batch at a time, in queue order.
+ *
+ * Attempt counting: a failed message is republished to the tail of its queue with x-banbus-attempts
+ * incremented, and the original acked. Not x-delivery-count of quorum queues, because that counter also
+ * moves on every requeue that is not a failure (transient backoff, a consumer or broker restart) and
+ * RabbitMQ 4.3 changed when it moves (basic.nack no longer counts, basic.reject does); our header counts
+ * exactly the handler failures, on any queue type and broker version, and a failing message never holds
+ * up the messages behind it.
+ */
+export class QueueConsumer<T> implements Consumer {
+  private channel: Channel | null = null;
+  /** The connection `channel` belongs to. */
+  private channelModel: ChannelModel | null = null;
+  private consumerTag: string | null = null;
+  /** A batch never waits for more than prefetch deliveries: the broker would not send them. */
+  private readonly batchSize: number;
+  private buffer: Held[] = [];
+  private running = false;
+  private flushScheduled = false;
+  private paused = false;
+  private cancelled = false;
+  private attaching = false;
+  private transientFailures = 0;
+  private wake: (() => void) | null = null;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(
+    private readonly bus: Bus,
+    private readonly options: ConsumeOptions<T>,
+    private readonly logger: Logger,
+    private readonly metrics: Metrics | null,
+  ) {
+    this.batchSize = Math.min(options.batchSize, options.prefetch);
+  }
+
+  /** Opens this consumer's channel on the connection, runs its declare and starts consuming. */
+  async attach(model: ChannelModel): Promise<void> {
+    if (this.cancelled || this.attaching) return;
+    if (this.channel && this.channelModel === model) return; // already consuming on this connection
+    this.attaching = true;
+    let channel: Channel | null = null;
+    try {
+      channel = await model.createChannel();
+      const ch = channel;
+      ch.on('error', (err: Error) => this.logger.warn({ err: describe(err) }, 'consumer channel error'));
+      ch.on('close', () => this.onChannelClosed(ch, model));
+      await ch.prefetch(this.options.prefetch);
+      if (this.options.declare) await this.options.declare(ch);
+      this.channel = ch;
+      this.channelModel = model;
+      const { consumerTag } = await ch.consume(this.options.queue, (m) => this.onMessage(ch, m), {
+        noAck: false,
+      });
+      if (this.channel === ch) this.consumerTag = consumerTag;
+      if (this.cancelled) await ch.close().catch(() => undefined);
+    } catch (err) {
+      if (channel && this.channel === channel) this.channel = null;
+      await channel?.close().catch(() => undefined);
+      throw err;
+    } finally {
+      this.attaching = false;
+    }
+  }
+
+  /** @internal after a reconnect the consumer could not start: try again while that connection lives. */
+  attachFailed(model: ChannelModel, err: unknown, attempt = 1): void {
+    if (this.cancelled) return;
+    const delay = Math.min(MAX_TRANSIENT_BACKOFF_MS, 200 * 2 ** attempt);
+    this.logger.error({ err: describe(err), delay }, 'starting the consumer failed; retrying');
+    setTimeout(() => {
+      if (this.cancelled || this.bus.currentModel() !== model || this.channel) return;
+      this.attach(model).catch((e: unknown) => this.attachFailed(model, e, attempt + 1));
+    }, delay).unref();
+  }
+
+  private onChannelClosed(channel: Channel, model: ChannelModel): void {
+    if (this.channel !== channel) return;
+    this.channel = null;
+    this.consumerTag = null;
+    // Their delivery tags died with the channel; the broker delivers them again.
+    this.buffer = [];
+    this.wake?.();
+    if (this.cancelled) return;
+    // Only this channel closed (e.g. an ack the broker did not accept): start again on the same connection.
+    // If the connection went, the bus's setup attaches the consumer on the next one.
+    setImmediate(() => {
+      if (this.bus.currentModel() === model && !this.channel)
+        this.attachFailed(model, new Error('channel closed'), 0);
+    });
+  }
+
+  private onMessage(channel: Channel, message: ConsumeMessage | null): void {
+    if (message === null) {
+      // The broker cancelled the consumer (queue deleted): closing the channel makes it start again.
+      this.logger.warn('RabbitMQ cancelled the consumer (queue deleted?)');
+      if (this.channel === channel) void channel.close().catch(() => undefined);
+      return;
+    }
+    if (this.channel !== channel) return;
+    this.buffer.push({ message, channel });
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.running || this.paused) return; // the running loop takes what arrived
+    if (this.buffer.length >= this.batchSize) {
+      void this.run();
+      return;
+    }
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    const started = performance.now();
+    let seen = 0;
+    // Deliveries read from the socket together are emitted in the same turn; one more turn lets a burst that
+    // is still arriving join the batch, without a fixed wait for a lone message.
+    const check = (): void => {
+      const grew = this.buffer.length > seen;
+      seen = this.buffer.length;
+      if (grew && seen < this.batchSize && performance.now() - started < LINGER_MS) {
+        setImmediate(check);
+        return;
+      }
+      this.flushScheduled = false;
+      void this.run();
+    };
+    setImmediate(check);
+  }
+
+  private async run(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (!this.paused && this.buffer.length > 0) {
+        const batch = this.buffer.splice(0, this.batchSize);
+        try {
+          await this.process(batch);
+        } catch (err) {
+          // process() handles handler errors itself; this is a bug or a broker failure mid-way. The messages
+          // stay unacked and come back with the channel.
+          this.logger.error({ err }, 'processing a batch failed unexpectedly');
+        }
+      }
+    } finally {
+      this.running = false;
+      for (const resolve of this.idleWaiters.splice(0)) resolve();
+    }
+  }
+
+  private async process(batch: Held[]): Promise<void> {
+    const valid: Parsed<T>[] = [];
+    const invalid: { held: Held; reason: string }[] = [];
+    for (const held of batch) {
+      const parsed = this.parse(held.message);
+      if (parsed.ok) {
+        valid.push({
+          held,
+          delivery: {
+            body: parsed.value,
+            attempt: attemptOf(held.message),
+            messageId: held.message.properties.messageId,
+          },
+        });
+      } else {
+        invalid.push({ held, reason: parsed.reason });
+      }
+    }
+    if (invalid.length > 0) {
+      for (const { held, reason } of invalid) {
+        this.logger.warn(
+          { messageId: held.message.properties.messageId, reason },
+          'invalid message; dead-lettering',
+        );
+      }
+      await this.deadLetter(
+        invalid.map(({ held, reason }) => ({ held, reason, attempts: attemptOf(held.message) })),
+      );
+    }
+    if (valid.length === 0) return;
+    try {
+      await this.options.handler(valid.map((p) => p.delivery));
+      this.transientFailures = 0;
+      for (const p of valid) ack(p.held);
+      return;
+    } catch (err) {
+      if (await this.handledAsTransient(err)) return;
+      if (valid.length === 1) {
+        await this.failed(valid[0]!, err);
+        return;
+      }
+      this.logger.warn({ err, size: valid.length }, 'batch failed; retrying its messages one at a time');
+    }
+    // Isolate the poison message(s): the rest of the batch succeeds one by one.
+    for (const p of valid) {
+      if (this.channel !== p.held.channel) return; // channel gone: everything left comes back anyway
+      try {
+        await this.options.handler([p.delivery]);
+        this.transientFailures = 0;
+        ack(p.held);
+      } catch (err) {
+        if (await this.handledAsTransient(err)) return;
+        await this.failed(p, err);
+      }
+    }
+  }
+
+  private parse(message: ConsumeMessage): { ok: true; value: T } | { ok: false; reason: string } {
+    let json: unknown;
+    try {
+      json = JSON.parse(message.content.toString('utf8'));
+    } catch (err) {
+      return { ok: false, reason: `body is not JSON: ${describe(err)}` };
+    }
+    const result = this.options.schema.safeParse(json);
+    if (result.success) return { ok: true, value: result.data };
+    const issue = result.error.issues[0];
+    const where = issue && issue.path.length > 0 ? ` at ${issue.path.map(String).join('.')}` : '';
+    return { ok: false, reason: `body does not match the schema${where}: ${issue?.message ?? 'invalid'}` };
+  }
+
+  /**
+   * The dependency is away: pause (keep holding the deliveries, so the broker sends no more than prefetch),
+   * wait a growing backoff, then requeue everything held at once so the queue order is kept and try again.
+   * No attempt is counted.
+   */
+  private async handledAsTransient(err: unknown): Promise<boolean> {
+    if (!this.options.isTransient?.(err)) return false;
+    const delay = Math.min(MAX_TRANSIENT_BACKOFF_MS, 100 * 2 ** this.transientFailures);
+    this.transientFailures += 1;
+    this.logger.warn({ err: describe(err), delay }, 'transient failure; requeueing after a pause');
+    this.paused = true;
+    try {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, delay);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    } finally {
+      this.wake = null;
+    }
+    const channel = this.channel;
+    if (channel) {
+      try {
+        // Every unacked delivery of this channel: the failed batch and whatever arrived meanwhile.
+        channel.nackAll(true);
+      } catch {
+        // channel already closing: the broker requeues them anyway
+      }
+    }
+    this.buffer = [];
+    this.paused = false;
+    return true;
+  }
+
+  /** One message failed on its own: retry later (counted) or, after maxRetries attempts, dead-letter it. */
+  private async failed(p: Parsed<T>, err: unknown): Promise<void> {
+    const reason = describe(err);
+    const attempts = p.delivery.attempt;
+    if (attempts >= this.options.maxRetries) {
+      this.logger.error(
+        { messageId: p.delivery.messageId, attempts, reason },
+        'message keeps failing; dead-lettering',
+      );
+      await this.deadLetter([{ held: p.held, reason, attempts }]);
+      return;
+    }
+    this.logger.warn({ messageId: p.delivery.messageId, attempts, reason }, 'message failed; will retry');
+    const { message } = p.held;
+    try {
+      // The default exchange routes to the queue by name: the copy goes to this queue only, at its tail.
+      await this.bus.send([
+        {
+          exchange: '',
+          routingKey: this.options.queue,
+          content: message.content,
+          options: copyProperties(message.properties, {
+            [ATTEMPTS_HEADER]: attempts,
+            [REASON_HEADER]: reason,
+          }),
+        },
+      ]);
+      ack(p.held);
+    } catch (sendErr) {
+      this.logger.warn({ err: describe(sendErr) }, 'could not republish the failed message; requeueing it');
+      nack(p.held);
+    }
+  }
+
+  private async deadLetter(items: { held: Held; reason: string; attempts: number }[]): Promise<void> {
+    const t = this.bus.topology;
+    try {
+      await this.bus.send(
+        items.map(({ held, reason, attempts }) => ({
+          exchange: t.deadLetterExchange,
+          routingKey: held.message.fields.routingKey || this.options.queue,
+          content: held.message.content,
+          options: copyProperties(held.message.properties, {
+            [REASON_HEADER]: reason.slice(0, 1000),
+            [QUEUE_HEADER]: this.options.queue,
+            [ATTEMPTS_HEADER]: attempts,
+          }),
+        })),
+      );
+      for (const { held } of items) ack(held);
+      this.metrics?.deadLettered.inc({ queue: this.options.queue }, items.length);
+    } catch (err) {
+      this.logger.warn({ err: describe(err) }, 'could not dead-letter; requeueing');
+      for (const { held } of items) nack(held);
+    }
+  }
+
+  /** Stops deliveries, lets the running batch finish, and closes the channel (unacked ones return to the queue). */
+  async cancel(): Promise<void> {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.bus.forget(this as QueueConsumer<unknown>);
+    const channel = this.channel;
+    const tag = this.consumerTag;
+    if (channel && tag) await channel.cancel(tag).catch(() => undefined);
+    this.buffer = [];
+    this.wake?.();
+    if (this.running) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    this.channel = null;
+    if (channel) await channel.close().catch(() => undefined);
+  }
+}
+
+function ack(held: Held): void {
+  try {
+    held.channel.ack(held.message);
+  } catch {
+    // The channel closed: the broker redelivers the message, and handlers are idempotent.
+  }
+}
+
+function nack(held: Held): void {
+  try {
+    held.channel.nack(held.message, false, true);
+  } catch {
+    // channel closed: requeued by the broker anyway
+  }
+}
+
+function attemptOf(message: ConsumeMessage): number {
+  const raw = message.properties.headers?.[ATTEMPTS_HEADER] as unknown;
+  const previous = typeof raw === 'number' ? raw : typeof raw === 'bigint' ? Number(raw) : Number(raw ?? 0);
+  return Number.isFinite(previous) && previous > 0 ? Math.floor(previous) + 1 : 1;
+}
+
+function encode(body: unknown): Buffer {
+  const text = JSON.stringify(body);
+  if (text === undefined) throw new TypeError('cannot publish a body that is not JSON-serializable');
+  return Buffer.from(text);
+}
+
+function publishProperties(
+  messageId: string | undefined,
+  headers?: Record<string, unknown>,
+): Options.Publish {
+  const options: Options.Publish = {
+    persistent: true,
+    contentType: 'application/json',
+    timestamp: Math.floor(Date.now() / 1000),
+  };
+  if (messageId !== undefined) options.messageId = messageId;
+  if (headers) options.headers = headers;
+  return options;
+}
+
+/** The original message's properties for a copy (retry or dead letter), with headers added. */
+function copyProperties(properties: MessageProperties, extra: Record<string, unknown>): Options.Publish {
+  const headers: Record<string, unknown> = { ...(properties.headers ?? {}) };
+  // Set by the broker on redelivery from a quorum queue; meaningless on a new message.
+  delete headers['x-delivery-count'];
+  const options: Options.Publish = { persistent: true, headers: { ...headers, ...extra } };
+  const p = properties as unknown as Record<string, unknown>;
+  // Not expiration (the copy must not vanish) nor userId (the broker checks it against the connection).
+  for (const key of [
+    'contentType',
+    'contentEncoding',
+    'messageId',
+    'correlationId',
+    'timestamp',
+    'type',
+    'appId',
+  ]) {
+    if (p[key] !== undefined && p[key] !== null) (options as Record<string, unknown>)[key] = p[key];
+  }
+  return options;
+}
+
+function validateConsumeOptions<T>(options: ConsumeOptions<T>): void {
+  for (const key of ['prefetch', 'batchSize', 'maxRetries'] as const) {
+    const value = options[key];
+    if (!Number.isInteger(value) || value < 1) throw new RangeError(`consume: ${key} must be an integer ≥ 1`);
+  }
+}
+
+function createMetrics(registry: Registry): Metrics {
+  return {
+    published: metric(
+      registry,
+      'banbus_bus_published_total',
+      () =>
+        new Counter({
+          name: 'banbus_bus_published_total',
+          help: 'Messages published and confirmed by RabbitMQ',
+          registers: [registry],
+        }),
+    ),
+    publishFailures: metric(
+      registry,
+      'banbus_bus_publish_failures_total',
+      () =>
+        new Counter({
+          name: 'banbus_bus_publish_failures_total',
+          help: 'Messages whose publish failed (not connected, nacked, channel closed, timeout)',
+          registers: [registry],
+        }),
+    ),
+    deadLettered: metric(
+      registry,
+      'banbus_bus_dead_lettered_total',
+      () =>
+        new Counter({
+          name: 'banbus_bus_dead_lettered_total',
+          help: 'Messages sent to the dead-letter exchange by consumers (invalid or failing too often)',
+          labelNames: ['queue'] as const,
+          registers: [registry],
+        }),
+    ),
+    connected: metric(
+      registry,
+      'banbus_bus_connected',
+      () =>
+        new Gauge({
+          name: 'banbus_bus_connected',
+          help: '1 while connected to RabbitMQ',
+          registers: [registry],
+        }),
+    ),
+  };
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** The URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(unparsable AMQP URL)';
+  }
+}
