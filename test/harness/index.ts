@@ -1,0 +1,3 @@
+export * from './wait.js';
+export * from './db.js';
+export * from './amqp.js';
