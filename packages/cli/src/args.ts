@@ -13,7 +13,12 @@ export const HostNameSchema = z
 
 export const ScopesSchema = z
   .string()
-  .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean))
+  .transform((s) =>
+    s
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean),
+  )
   .pipe(z.array(z.enum(SCOPES)).min(1, 'at least one scope'))
   .transform((scopes) => [...new Set(scopes)]);
 

@@ -18,7 +18,8 @@ export function createProgram(io: CliIo): Command {
   runCommand(program, io);
   for (const command of program.commands) {
     command.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
-    for (const sub of command.commands) sub.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+    for (const sub of command.commands)
+      sub.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   }
   return program;
 }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { AllowlistRepository, DuplicateError } from '@banbus/db';
+import { AllowlistRepository } from '@banbus/db';
 import { ExpirySchema, NetworkSchema, parseArg } from '../args.js';
 import { withPool } from '../context.js';
 import { UsageError, table, type CliIo } from '../io.js';
@@ -9,28 +9,24 @@ export function allowCommand(program: Command, io: CliIo): void {
 
   allow
     .command('add <cidr>')
-    .description('allowlist a network; the decisions it covers are lifted everywhere')
+    .description('allowlist a network (again: update it); the decisions it covers are lifted everywhere')
     .option('--comment <text>', 'why this network is allowlisted')
     .option('--expires <duration>', 'remove the entry after this long (e.g. 12h, 7d)')
     .action(async (cidrArg: string, opts: { comment?: string; expires?: string }) => {
       const network = parseArg(NetworkSchema, cidrArg, 'CIDR');
-      const seconds = opts.expires === undefined ? undefined : parseArg(ExpirySchema, opts.expires, '--expires');
+      const seconds =
+        opts.expires === undefined ? undefined : parseArg(ExpirySchema, opts.expires, '--expires');
       await withPool(io, async (pool) => {
-        try {
-          const entry = await new AllowlistRepository(pool).add({
-            network,
-            comment: opts.comment ?? null,
-            createdBy: 'cli',
-            expiresAt: seconds === undefined ? null : new Date(Date.now() + seconds * 1000),
-          });
-          io.out(
-            `allowlisted ${entry.network}${entry.expiresAt ? ` until ${entry.expiresAt.toISOString()}` : ''}; ` +
-              'the persister lifts the decisions it covers\n',
-          );
-        } catch (err) {
-          if (err instanceof DuplicateError) throw new UsageError(`${network} is already allowlisted`);
-          throw err;
-        }
+        const entry = await new AllowlistRepository(pool).add({
+          network,
+          comment: opts.comment ?? null,
+          createdBy: 'cli',
+          expiresAt: seconds === undefined ? null : new Date(Date.now() + seconds * 1000),
+        });
+        io.out(
+          `allowlisted ${entry.network}${entry.expiresAt ? ` until ${entry.expiresAt.toISOString()}` : ''}; ` +
+            'the persister lifts the decisions it covers\n',
+        );
       });
     });
 

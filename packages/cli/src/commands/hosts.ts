@@ -19,7 +19,9 @@ export function hostsCommand(program: Command, io: CliIo): void {
           const { token } = await new HostRepository(pool).add(name, scopes);
           // The token alone on stdout, so `TOKEN=$(banbus hosts add web1)` works.
           io.out(`${token}\n`);
-          io.err(`added host ${name} (scopes ${scopes.join(',')}); store the token now, it is not shown again\n`);
+          io.err(
+            `added host ${name} (scopes ${scopes.join(',')}); store the token now, it is not shown again\n`,
+          );
         } catch (err) {
           if (err instanceof DuplicateError) throw new UsageError(`a host named ${name} already exists`);
           throw err;
@@ -60,7 +62,7 @@ export function hostsCommand(program: Command, io: CliIo): void {
       const name = parseArg(HostNameSchema, nameArg, 'NAME');
       await withPool(io, async (pool) => {
         if (!(await new HostRepository(pool).revoke(name))) {
-          throw new UsageError(`no active host named ${name}`);
+          throw new UsageError(`no host named ${name}`);
         }
         io.out(`revoked ${name}\n`);
       });

@@ -1,11 +1,6 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
-import {
-  CommonEnvSchema,
-  IngestEnvSchema,
-  PersisterEnvSchema,
-  parseEnv,
-} from '@banbus/core';
+import { CommonEnvSchema, IngestEnvSchema, PersisterEnvSchema, parseEnv } from '@banbus/core';
 import {
   createLogger,
   createRegistry,
@@ -37,7 +32,11 @@ interface Shared {
  * Wires one service: config → pool and bus → start. The pool and bus are closed after the
  * service stopped, so in-flight work finishes against live connections.
  */
-async function startService(name: 'ingest' | 'persister', env: CliIo['env'], shared: Shared): Promise<Running> {
+async function startService(
+  name: 'ingest' | 'persister',
+  env: CliIo['env'],
+  shared: Shared,
+): Promise<Running> {
   const logger = shared.logger.child({ service: name });
   const config = parseEnv(name === 'ingest' ? IngestEnvSchema : PersisterEnvSchema, env);
   const pool = createPool(config.DATABASE_URL, { logger });
@@ -60,7 +59,13 @@ async function startService(name: 'ingest' | 'persister', env: CliIo['env'], sha
       });
     } else {
       const persisterConfig = config as z.infer<typeof PersisterEnvSchema>;
-      const persister = await startPersister({ config: persisterConfig, logger, registry: shared.registry, pool, bus });
+      const persister = await startPersister({
+        config: persisterConfig,
+        logger,
+        registry: shared.registry,
+        pool,
+        bus,
+      });
       service = persister;
       // Alone, the persister has no HTTP of its own: give probes and Prometheus a port.
       if (persisterConfig.PERSISTER_PORT > 0 && env.BANBUS_RUN_ALL !== '1') {
@@ -90,7 +95,10 @@ async function startService(name: 'ingest' | 'persister', env: CliIo['env'], sha
   };
 }
 
-export async function runService(name: ServiceName, env: CliIo['env']): Promise<Running & { logger: Logger }> {
+export async function runService(
+  name: ServiceName,
+  env: CliIo['env'],
+): Promise<Running & { logger: Logger }> {
   const common = parseEnv(CommonEnvSchema, env);
   const logger = createLogger({ level: common.LOG_LEVEL, name: 'banbus' });
   const registry = createRegistry();
@@ -130,7 +138,8 @@ export function runCommand(program: Command, io: CliIo): void {
         throw new UsageError(`${service} is not part of this build yet; available: ${SERVICES.join(', ')}`);
       }
       const name = z.enum(SERVICES).safeParse(service);
-      if (!name.success) throw new UsageError(`unknown service ${service}; available: ${SERVICES.join(', ')}`);
+      if (!name.success)
+        throw new UsageError(`unknown service ${service}; available: ${SERVICES.join(', ')}`);
       const running = await runService(name.data, io.env);
       stopOnSignals(running, running.logger);
     });
