@@ -29,7 +29,7 @@ CREATE TABLE reports (
   -- what the persister did with it: banned, extended, unbanned, noop, allowlisted, too-broad
   outcome text
 );
-CREATE INDEX reports_target_gist ON reports USING gist (target inet_ops);
+CREATE INDEX reports_target_idx ON reports (target);
 CREATE INDEX reports_received_at_idx ON reports (received_at);
 
 -- One row per (target, host, jail) ban currently in force; a decision lives while it has at least one.
@@ -67,17 +67,24 @@ CREATE TABLE decision_seq (
 );
 INSERT INTO decision_seq (id, last) VALUES (1, 0);
 
--- The outbox: every decision change, in seq order; published_at is set once the broker confirmed it.
+-- The outbox: every decision change, in seq order.
 CREATE TABLE decision_log (
   seq bigint PRIMARY KEY,
   op text NOT NULL CHECK (op IN ('add', 'del')),
   target cidr NOT NULL,
   expires_at timestamptz,
   reason text,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  published_at timestamptz
+  created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX decision_log_unpublished_idx ON decision_log (seq) WHERE published_at IS NULL;
+
+-- How far the outbox relay got: every seq up to published_seq was confirmed by the broker. Seqs are
+-- gap-free and commit in order, so one cursor replaces a per-row "published" flag (and its second write
+-- of every log row). The row lock on it is also the relay's lock: one relay at a time.
+CREATE TABLE decision_relay (
+  id smallint PRIMARY KEY CHECK (id = 1),
+  published_seq bigint NOT NULL
+);
+INSERT INTO decision_relay (id, published_seq) VALUES (1, 0);
 
 -- Repeat offenders, kept after their decisions expire so that bantime escalation has a memory.
 CREATE TABLE offenders (
@@ -100,6 +107,7 @@ CREATE INDEX allowlist_network_gist ON allowlist USING gist (network inet_ops);
 -- Down Migration
 DROP TABLE allowlist;
 DROP TABLE offenders;
+DROP TABLE decision_relay;
 DROP TABLE decision_log;
 DROP TABLE decision_seq;
 DROP TABLE decisions;

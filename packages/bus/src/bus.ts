@@ -153,6 +153,9 @@ export class Bus {
 
   private async start(): Promise<void> {
     const connection = await connect(this.options.url, {
+      // Without it Nagle's algorithm holds small frames (an ack, a lone publish) for up to 40 ms, which
+      // alone would exceed the whole report → applied latency budget.
+      noDelay: true,
       recovery: {
         initialDelay: 100,
         maxDelay: this.options.maxReconnectDelayMs ?? 5_000,

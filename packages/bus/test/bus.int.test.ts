@@ -121,7 +121,9 @@ describe('Bus (RabbitMQ)', () => {
     await bus.publishReports(reports);
     const bodies: unknown[] = [];
     for (let i = 0; i < 3; i++) {
-      const message = await waitFor(() => withChannel((ch) => ch.get(bus.topology.persisterQueue, { noAck: true })));
+      const message = await waitFor(() =>
+        withChannel((ch) => ch.get(bus.topology.persisterQueue, { noAck: true })),
+      );
       assert.equal(message.fields.routingKey, 'report.batch');
       bodies.push(JSON.parse(message.content.toString()));
     }

@@ -1,3 +1,3 @@
 export { runCli, createProgram } from './main.js';
-export { runService, SERVICES, type ServiceName } from './commands/run.js';
+export { runService, SERVICES, type ServiceName, type RunningService } from './commands/run.js';
 export type { CliIo } from './io.js';

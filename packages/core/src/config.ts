@@ -19,17 +19,15 @@ const bool = (fallback: boolean) =>
     .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
 
 /** Durations in the environment: plain seconds or with a unit (30s, 10m, 24h, 7d, 2w). */
-export const DurationSeconds = z
-  .union([z.number(), z.string()])
-  .transform((value, ctx) => {
-    const m = /^\s*(-?\d+)\s*([smhdw]?)\s*$/.exec(String(value));
-    if (!m) {
-      ctx.addIssue({ code: 'custom', message: 'expected a duration like 600, 10m, 24h or 7d' });
-      return z.NEVER;
-    }
-    const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[m[2] as '' | 's'];
-    return Number(m[1]) * unit;
-  });
+export const DurationSeconds = z.union([z.number(), z.string()]).transform((value, ctx) => {
+  const m = /^\s*(-?\d+)\s*([smhdw]?)\s*$/.exec(String(value));
+  if (!m) {
+    ctx.addIssue({ code: 'custom', message: 'expected a duration like 600, 10m, 24h or 7d' });
+    return z.NEVER;
+  }
+  const unit = { '': 1, s: 1, m: 60, h: 3600, d: 86400, w: 604800 }[m[2] as '' | 's'];
+  return Number(m[1]) * unit;
+});
 
 export const CommonEnvSchema = z.object({
   DATABASE_URL: z.string().min(1).default('postgres://postgres@127.0.0.1:5432/banbus'),
@@ -70,7 +68,7 @@ export const IngestEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend({
 });
 
 export const PersisterEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend({
-  PERSISTER_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(500),
+  PERSISTER_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(1000),
   PERSISTER_PREFETCH: z.coerce.number().int().min(1).max(65_535).default(2000),
   /** Delivery attempts before a failing report is dead-lettered. */
   PERSISTER_MAX_RETRIES: z.coerce.number().int().min(0).max(100).default(5),

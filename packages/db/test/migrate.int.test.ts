@@ -9,6 +9,7 @@ const SCHEMA_TABLES = [
   'active_bans',
   'allowlist',
   'decision_log',
+  'decision_relay',
   'decision_seq',
   'decisions',
   'hosts',

@@ -31,7 +31,5 @@ export function createLogger(config: LoggerConfig = {}): Logger {
     base: config.name ? { service: config.name } : {},
     timestamp: pino.stdTimeFunctions.isoTime,
   };
-  return config.destination
-    ? pino(options, config.destination as pino.DestinationStream)
-    : pino(options);
+  return config.destination ? pino(options, config.destination as pino.DestinationStream) : pino(options);
 }

@@ -13,6 +13,7 @@ import { ReportRateLimiter } from './rate.js';
 
 export { createIngestApp, toReport, type IngestAppOptions, type ReportPublisher } from './app.js';
 export { parseReportBody, parseCompatQuery, type ReportInput } from './parse.js';
+export { mainIngest } from './main.js';
 
 export interface IngestDeps {
   config: IngestEnv;

@@ -1,0 +1,680 @@
+// The persister's side of PostgreSQL: reports in, decisions and the decision log out. SQL lives here; the
+// rules that turn reports into decisions are passed in (services/persister/src/engine.ts), so this file
+// only loads state, runs them and writes the result with set-based statements.
+//
+// Every mutation of decisions first takes the row lock of decision_seq (`SELECT … FOR UPDATE`). That one
+// lock serializes all decision changes across any number of persisters, so seqs are allocated gap-free
+// and transactions commit in seq order: what the relay has not published yet is always the rows after one
+// seq, which is what lets it keep a single cursor (decision_relay) and publish in order.
+import type pg from 'pg';
+import { targetFromDb, type Decision, type DecisionChange, type Origin, type Report } from '@banbus/core';
+import type { Logger } from '@banbus/runtime';
+import { CHANNELS } from './channels.js';
+
+export interface ActiveBan {
+  target: string;
+  host: string;
+  /** '' when the report named no jail. */
+  jail: string;
+  origin: Origin;
+  reportId: string;
+  bannedAt: Date;
+  expiresAt: Date | null;
+}
+
+export interface DecisionRow {
+  target: string;
+  origin: Origin;
+  firstSeen: Date;
+  lastSeen: Date;
+  expiresAt: Date | null;
+  reporters: number;
+  banCount: number;
+  reason: string | null;
+}
+
+export interface OffenderRow {
+  target: string;
+  banCount: number;
+  lastBannedAt: Date;
+}
+
+/** The rows of the targets one transaction works on. */
+export interface DecisionState {
+  activeBans: readonly ActiveBan[];
+  decisions: readonly DecisionRow[];
+  offenders: readonly OffenderRow[];
+}
+
+export interface ChangeDraft {
+  op: 'add' | 'del';
+  target: string;
+  expiresAt: Date | null;
+  reason: string | null;
+}
+
+export interface ReportOutcome {
+  id: string;
+  outcome: string;
+}
+
+/** Net writes of one transaction; keys never repeat within one list. */
+export interface DecisionWrites {
+  outcomes: ReportOutcome[];
+  activeBanUpserts: ActiveBan[];
+  activeBanDeletes: { target: string; host: string; jail: string }[];
+  decisionUpserts: DecisionRow[];
+  decisionDeletes: string[];
+  offenderUpserts: OffenderRow[];
+  /** In the order seqs are to be given. */
+  changes: ChangeDraft[];
+}
+
+/** The decision rules (the persister's engine). Pure functions of the loaded state. */
+export interface DecisionRules {
+  /** Targets whose rows a batch needs; `networks` also load every target inside them (manual network unbans). */
+  plan(reports: readonly Report[]): { targets: string[]; networks: string[] };
+  decide(
+    reports: readonly Report[],
+    state: DecisionState,
+    allowlist: readonly string[],
+    now: Date,
+  ): DecisionWrites;
+  /** Ends the bans expired at `now`. */
+  expire(state: DecisionState, now: Date): DecisionWrites;
+  /** Ends the bans and decisions overlapping the allowlist. */
+  lift(state: DecisionState, allowlist: readonly string[], now: Date): DecisionWrites;
+}
+
+export interface ApplyResult {
+  /** Reports in the batch that were new (duplicates of already stored ids are skipped). */
+  applied: number;
+  duplicates: number;
+  outcomes: ReportOutcome[];
+  /** Decision changes logged; their seqs are firstSeq..lastSeq. */
+  changes: number;
+  lastSeq: number | null;
+}
+
+export interface ChangeResult {
+  changes: number;
+  lastSeq: number | null;
+}
+
+export interface DecisionStoreOptions {
+  logger?: Logger;
+  /** Rows per relay round (one publish + one UPDATE each). */
+  relayBatchSize?: number;
+  /** Expired targets handled per sweep transaction. */
+  sweepBatchSize?: number;
+}
+
+interface DecisionDbRow {
+  target: string;
+  origin: Origin;
+  first_seen: Date;
+  last_seen: Date;
+  expires_at: Date | null;
+  reporters: number;
+  ban_count: number;
+  reason: string | null;
+}
+interface LogDbRow {
+  seq: string;
+  op: 'add' | 'del';
+  target: string;
+  expires_at: Date | null;
+  reason: string | null;
+}
+
+const DECISION_COLUMNS =
+  'target::text AS target, origin, first_seen, last_seen, expires_at, reporters, ban_count, reason';
+
+function toChange(r: LogDbRow): DecisionChange {
+  const seq = Number(r.seq);
+  const target = targetFromDb(r.target);
+  if (r.op === 'del') return { seq, op: 'del', target };
+  return {
+    seq,
+    op: 'add',
+    target,
+    expires_at: r.expires_at ? r.expires_at.toISOString() : null,
+    reason: r.reason,
+  };
+}
+
+/**
+ * How decision transactions begin. The planner settings make every statement of these transactions touch
+ * only the rows it names, whatever the table statistics say (young tables have none):
+ * - `target = ANY($1::cidr[])` (500 targets) was planned as a sequential scan on tables of some ten
+ *   thousand rows (5 ms per table per batch, growing with the table), or as a bitmap scan of the GiST
+ *   index, which supports `=` too (73 ms instead of 1 ms). With sequential and bitmap scans off only a
+ *   plain index scan is left, and GiST cannot run `= ANY` as one: the btree primary key it is.
+ * - `UPDATE … FROM unnest(…)` was planned as a hash join over a sequential scan of the whole table; with
+ *   hash and merge joins off it is a nested loop probing the primary key per row.
+ * - JIT off: disabled plan types are priced prohibitively, which pushes plan costs over jit_above_cost
+ *   and made PostgreSQL spend 40–150 ms compiling each statement.
+ * Tables without a usable index (allowlist, a few rows) are still scanned: the settings only penalize.
+ */
+const DECISION_TX_START =
+  'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; ' +
+  'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off';
+
+async function inTransaction<T>(
+  pool: pg.Pool,
+  work: (client: pg.PoolClient) => Promise<T>,
+  begin = DECISION_TX_START,
+): Promise<T> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query(begin);
+    const result = await work(client);
+    await client.query('COMMIT');
+    return result;
+  } catch (err) {
+    try {
+      await client.query('ROLLBACK');
+    } catch {
+      // The connection is gone; do not return it to the pool.
+      broken = true;
+    }
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}
+
+/** Takes the decision lock; returns the last seq and the database clock read under the lock. */
+async function lockDecisions(client: pg.PoolClient): Promise<{ last: number; now: Date }> {
+  const { rows } = await client.query<{ last: string; now: Date }>(
+    'SELECT last, clock_timestamp() AS now FROM decision_seq WHERE id = 1 FOR UPDATE',
+  );
+  return { last: Number(rows[0]!.last), now: rows[0]!.now };
+}
+
+async function activeAllowlist(client: pg.PoolClient, now: Date): Promise<string[]> {
+  const { rows } = await client.query<{ network: string }>(
+    'SELECT network::text AS network FROM allowlist WHERE expires_at IS NULL OR expires_at > $1',
+    [now],
+  );
+  return rows.map((r) => targetFromDb(r.network));
+}
+
+/** The rows a decision transaction works on, with their physical addresses (ctid) for the writes. */
+interface Loaded {
+  state: DecisionState;
+  allowlist: string[];
+  /** 'b' + target/host/jail, 'd' + target, 'o' + target → ctid. */
+  ctids: Map<string, string>;
+}
+
+const banCtidKey = (b: { target: string; host: string; jail: string }) =>
+  `b${b.target}\u0000${b.host}\u0000${b.jail}`;
+
+/**
+ * Loads the rows of `targets` (exact) and of every target inside `networks`, in one round trip (the
+ * target array is sent and parsed once), with the active allowlist. Rows are updated and deleted later
+ * by ctid: under the decision lock nobody else changes them, so the addresses stay valid, and a TID scan
+ * avoids planner trouble (an equality probe planned on the decisions GiST index costs ~50 µs per row).
+ */
+async function loadState(
+  client: pg.PoolClient,
+  now: Date,
+  targets: readonly string[],
+  networks: readonly string[] = [],
+): Promise<Loaded> {
+  const all = new Set(targets);
+  // Manual unbans of networks are rare: one query per network keeps `<<=` on the primary key's range
+  // (PostgreSQL turns `target <<= $1` into a btree range when $1 is known at planning).
+  for (const network of networks) {
+    const { rows } = await client.query<{ target: string }>(
+      `SELECT target::text AS target FROM active_bans WHERE target <<= $1::cidr
+       UNION SELECT target::text FROM decisions WHERE target <<= $1::cidr`,
+      [network],
+    );
+    for (const r of rows) all.add(targetFromDb(r.target));
+  }
+  const { rows } = await client.query<{
+    bans: [string, string, string, string, Origin, string, string, string | null][];
+    decisions: [string, string, Origin, string, string, string | null, number, number, string | null][];
+    offenders: [string, string, number, string][];
+    allowlist: string[];
+  }>(
+    `SELECT
+       (SELECT coalesce(json_agg(json_build_array(ctid::text, target::text, host, jail, origin, report_id, banned_at,
+                                                  expires_at)), '[]')
+          FROM active_bans WHERE target = ANY($1::cidr[])) AS bans,
+       (SELECT coalesce(json_agg(json_build_array(ctid::text, target::text, origin, first_seen, last_seen, expires_at,
+                                                  reporters, ban_count, reason)), '[]')
+          FROM decisions WHERE target = ANY($1::cidr[])) AS decisions,
+       (SELECT coalesce(json_agg(json_build_array(ctid::text, target::text, ban_count, last_banned_at)), '[]')
+          FROM offenders WHERE target = ANY($1::cidr[])) AS offenders,
+       (SELECT coalesce(json_agg(network::text), '[]')
+          FROM allowlist WHERE expires_at IS NULL OR expires_at > $2) AS allowlist`,
+    [[...all], now],
+  );
+  const row = rows[0]!;
+  const ctids = new Map<string, string>();
+  const date = (v: string | null) => (v === null ? null : new Date(v));
+  const activeBans = row.bans.map(([ctid, target, host, jail, origin, reportId, bannedAt, expiresAt]) => {
+    const ban: ActiveBan = {
+      target: targetFromDb(target),
+      host,
+      jail,
+      origin,
+      reportId,
+      bannedAt: new Date(bannedAt),
+      expiresAt: date(expiresAt),
+    };
+    ctids.set(banCtidKey(ban), ctid);
+    return ban;
+  });
+  const decisions = row.decisions.map(
+    ([ctid, target, origin, firstSeen, lastSeen, expiresAt, reporters, banCount, reason]): DecisionRow => {
+      const t = targetFromDb(target);
+      ctids.set(`d${t}`, ctid);
+      return {
+        target: t,
+        origin,
+        firstSeen: new Date(firstSeen),
+        lastSeen: new Date(lastSeen),
+        expiresAt: date(expiresAt),
+        reporters,
+        banCount,
+        reason,
+      };
+    },
+  );
+  const offenders = row.offenders.map(([ctid, target, banCount, lastBannedAt]): OffenderRow => {
+    const t = targetFromDb(target);
+    ctids.set(`o${t}`, ctid);
+    return { target: t, banCount, lastBannedAt: new Date(lastBannedAt) };
+  });
+  return { state: { activeBans, decisions, offenders }, allowlist: row.allowlist.map(targetFromDb), ctids };
+}
+
+/** Numbered, typed parameters for one statement. */
+class Params {
+  readonly values: unknown[] = [];
+  add(value: unknown, type: string): string {
+    this.values.push(value);
+    return `$${this.values.length}::${type}`;
+  }
+}
+
+/**
+ * Writes the engine's result — and, for a batch, its reports — in ONE statement of data-modifying CTEs:
+ * one round trip and one plan per transaction whatever the batch size. Rows known to exist (they were
+ * loaded under the decision lock, and nothing changes them without it) are updated, the others inserted,
+ * which is cheaper than ON CONFLICT. Logs the changes with fresh seqs and notifies; returns the last seq.
+ */
+async function writeResult(
+  client: pg.PoolClient,
+  w: DecisionWrites,
+  loaded: Loaded,
+  reports?: { reports: readonly Report[]; outcomes: ReadonlyMap<string, string> },
+): Promise<{ lastSeq: number | null; inserted: number }> {
+  const p = new Params();
+  const ctes: string[] = [];
+  // Dates go as ISO text: pg's own Date formatting (local time zone, per element) costs more than the
+  // rest of the array encoding together.
+  const col = <T>(rows: readonly T[], pick: (row: T) => unknown, type: string) =>
+    p.add(
+      rows.map((row) => {
+        const value = pick(row);
+        return value instanceof Date ? value.toISOString() : value;
+      }),
+      `${type}[]`,
+    );
+
+  if (reports && reports.reports.length > 0) {
+    const r = reports.reports;
+    ctes.push(`new_reports AS (
+      INSERT INTO reports (id, action, target, host, origin, jail, reason, bantime, failures, matches, reported_at, outcome)
+      SELECT * FROM unnest(${col(r, (x) => x.id, 'uuid')}, ${col(r, (x) => x.action, 'text')}, ${col(r, (x) => x.target, 'cidr')},
+        ${col(r, (x) => x.host, 'text')}, ${col(r, (x) => x.origin, 'text')}, ${col(r, (x) => x.jail ?? null, 'text')},
+        ${col(r, (x) => x.reason ?? null, 'text')}, ${col(r, (x) => x.bantime ?? null, 'int')},
+        ${col(r, (x) => x.failures ?? null, 'int')}, ${col(r, (x) => x.matches ?? null, 'text')},
+        ${col(r, (x) => x.time, 'timestamptz')}, ${col(r, (x) => reports.outcomes.get(x.id) ?? null, 'text')})
+      ON CONFLICT (id) DO NOTHING
+      RETURNING 1)`);
+  }
+
+  const { ctids } = loaded;
+  const ctidOf = (key: string) => {
+    const ctid = ctids.get(key);
+    // Only rows loaded in this transaction are updated or deleted; anything else is a bug in the rules.
+    if (ctid === undefined) throw new Error(`decision store: no loaded row for ${key.slice(1)}`);
+    return ctid;
+  };
+  const deletes = w.activeBanDeletes.map((d) => ctidOf(banCtidKey(d)));
+  if (deletes.length > 0)
+    ctes.push(`ban_deletes AS (DELETE FROM active_bans WHERE ctid = ANY(${p.add(deletes, 'tid[]')}))`);
+  const [banUpdates, banInserts] = partition(w.activeBanUpserts, (b) => ctids.has(banCtidKey(b)));
+  const banColumns = (b: readonly ActiveBan[]) =>
+    `${col(b, (x) => x.target, 'cidr')}, ${col(b, (x) => x.host, 'text')}, ${col(b, (x) => x.jail, 'text')},
+     ${col(b, (x) => x.origin, 'text')}, ${col(b, (x) => x.reportId, 'uuid')}, ${col(b, (x) => x.bannedAt, 'timestamptz')},
+     ${col(b, (x) => x.expiresAt, 'timestamptz')}`;
+  if (banInserts.length > 0) {
+    ctes.push(`ban_inserts AS (
+      INSERT INTO active_bans (target, host, jail, origin, report_id, banned_at, expires_at)
+      SELECT * FROM unnest(${banColumns(banInserts)}))`);
+  }
+  if (banUpdates.length > 0) {
+    const b = banUpdates;
+    ctes.push(`ban_updates AS (
+      UPDATE active_bans a SET origin = u.origin, report_id = u.report_id, banned_at = u.banned_at, expires_at = u.expires_at
+      FROM unnest(${col(b, (x) => ctidOf(banCtidKey(x)), 'tid')}, ${col(b, (x) => x.origin, 'text')},
+        ${col(b, (x) => x.reportId, 'uuid')}, ${col(b, (x) => x.bannedAt, 'timestamptz')},
+        ${col(b, (x) => x.expiresAt, 'timestamptz')}) AS u(ctid, origin, report_id, banned_at, expires_at)
+      WHERE a.ctid = u.ctid)`);
+  }
+
+  if (w.decisionDeletes.length > 0) {
+    const d = w.decisionDeletes.map((t) => ctidOf(`d${t}`));
+    ctes.push(`decision_deletes AS (DELETE FROM decisions WHERE ctid = ANY(${p.add(d, 'tid[]')}))`);
+  }
+  const [decisionUpdates, decisionInserts] = partition(w.decisionUpserts, (d) => ctids.has(`d${d.target}`));
+  if (decisionInserts.length > 0) {
+    const d = decisionInserts;
+    ctes.push(`decision_inserts AS (
+      INSERT INTO decisions (target, origin, first_seen, last_seen, expires_at, reporters, ban_count, reason)
+      SELECT * FROM unnest(${col(d, (x) => x.target, 'cidr')}, ${col(d, (x) => x.origin, 'text')},
+        ${col(d, (x) => x.firstSeen, 'timestamptz')}, ${col(d, (x) => x.lastSeen, 'timestamptz')},
+        ${col(d, (x) => x.expiresAt, 'timestamptz')}, ${col(d, (x) => x.reporters, 'int')},
+        ${col(d, (x) => x.banCount, 'int')}, ${col(d, (x) => x.reason, 'text')}))`);
+  }
+  if (decisionUpdates.length > 0) {
+    const d = decisionUpdates;
+    ctes.push(`decision_updates AS (
+      UPDATE decisions d SET origin = u.origin, first_seen = u.first_seen, last_seen = u.last_seen,
+        expires_at = u.expires_at, reporters = u.reporters, ban_count = u.ban_count, reason = u.reason
+      FROM unnest(${col(d, (x) => ctidOf(`d${x.target}`), 'tid')}, ${col(d, (x) => x.origin, 'text')},
+        ${col(d, (x) => x.firstSeen, 'timestamptz')}, ${col(d, (x) => x.lastSeen, 'timestamptz')},
+        ${col(d, (x) => x.expiresAt, 'timestamptz')}, ${col(d, (x) => x.reporters, 'int')},
+        ${col(d, (x) => x.banCount, 'int')}, ${col(d, (x) => x.reason, 'text')})
+        AS u(ctid, origin, first_seen, last_seen, expires_at, reporters, ban_count, reason)
+      WHERE d.ctid = u.ctid)`);
+  }
+
+  const [offenderUpdates, offenderInserts] = partition(w.offenderUpserts, (o) => ctids.has(`o${o.target}`));
+  if (offenderInserts.length > 0) {
+    const o = offenderInserts;
+    ctes.push(`offender_inserts AS (
+      INSERT INTO offenders (target, ban_count, last_banned_at)
+      SELECT * FROM unnest(${col(o, (x) => x.target, 'cidr')}, ${col(o, (x) => x.banCount, 'int')},
+        ${col(o, (x) => x.lastBannedAt, 'timestamptz')}))`);
+  }
+  if (offenderUpdates.length > 0) {
+    const o = offenderUpdates;
+    ctes.push(`offender_updates AS (
+      UPDATE offenders o SET ban_count = u.ban_count, last_banned_at = u.last_banned_at
+      FROM unnest(${col(o, (x) => ctidOf(`o${x.target}`), 'tid')}, ${col(o, (x) => x.banCount, 'int')},
+        ${col(o, (x) => x.lastBannedAt, 'timestamptz')}) AS u(ctid, ban_count, last_banned_at)
+      WHERE o.ctid = u.ctid)`);
+  }
+
+  const inserted = reports && reports.reports.length > 0 ? '(SELECT count(*) FROM new_reports)::int' : '0';
+  let select = `SELECT NULL::bigint AS last, ${inserted} AS inserted`;
+  if (w.changes.length > 0) {
+    const c = w.changes;
+    const n = p.add(c.length, 'bigint');
+    // Seqs come from the row this transaction already locked: nobody else can take any until we commit.
+    ctes.push(`seq AS (UPDATE decision_seq SET last = last + ${n} WHERE id = 1 RETURNING last)`);
+    ctes.push(`logged AS (
+      INSERT INTO decision_log (seq, op, target, expires_at, reason)
+      SELECT (SELECT last FROM seq) - ${n} + u.n, u.op, u.target, u.expires_at, u.reason
+      FROM unnest(${col(c, (x) => x.op, 'text')}, ${col(c, (x) => x.target, 'cidr')},
+        ${col(c, (x) => x.expiresAt, 'timestamptz')}, ${col(c, (x) => x.reason, 'text')})
+        WITH ORDINALITY AS u(op, target, expires_at, reason, n))`);
+    select = `SELECT last, pg_notify(${p.add(CHANNELS.decisionLog, 'text')}, last::text), ${inserted} AS inserted FROM seq`;
+  }
+  if (ctes.length === 0) return { lastSeq: null, inserted: 0 };
+  const { rows } = await client.query<{ last: string | null; inserted: number }>(
+    `WITH ${ctes.join(',\n')}\n${select}`,
+    p.values,
+  );
+  const last = rows[0]?.last;
+  return {
+    lastSeq: last === null || last === undefined ? null : Number(last),
+    inserted: rows[0]?.inserted ?? 0,
+  };
+}
+
+function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[]] {
+  const yes: T[] = [];
+  const no: T[] = [];
+  for (const item of items) (test(item) ? yes : no).push(item);
+  return [yes, no];
+}
+
+/** Some report of the batch was stored before (a redelivery): redo the batch without it. */
+class KnownReports extends Error {}
+
+/** Stores reports, turns them into decisions and relays the decision log to the bus. */
+export class DecisionStore {
+  private readonly relayBatchSize: number;
+  private readonly sweepBatchSize: number;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly rules: DecisionRules,
+    private readonly options: DecisionStoreOptions = {},
+  ) {
+    this.relayBatchSize = options.relayBatchSize ?? 2000;
+    this.sweepBatchSize = options.sweepBatchSize ?? 5000;
+  }
+
+  /**
+   * One transaction per batch: stores the reports (a stored id is skipped, so redeliveries have one effect),
+   * applies the new ones in batch order under the decision lock and logs the resulting decision changes.
+   */
+  async applyReports(batch: readonly Report[]): Promise<ApplyResult> {
+    // Redeliveries are rare, so first assume every report is new and let the INSERT … ON CONFLICT DO NOTHING
+    // of the write statement count them; if some id was already stored, the transaction is rolled back (its
+    // seqs with it: no gap) and redone with an explicit check.
+    try {
+      return await this.apply(batch, false);
+    } catch (err) {
+      if (!(err instanceof KnownReports)) throw err;
+      return this.apply(batch, true);
+    }
+  }
+
+  private async apply(batch: readonly Report[], checkKnown: boolean): Promise<ApplyResult> {
+    // The same id twice in one batch counts once (the first one).
+    const unique = new Map<string, Report>();
+    for (const r of batch) if (!unique.has(r.id)) unique.set(r.id, r);
+    return inTransaction(this.pool, async (client) => {
+      // Reports are only ever stored under the decision lock, so the id check is race-free: a redelivery
+      // another persister is applying right now is visible once we hold the lock.
+      const { now } = await lockDecisions(client);
+      let reports = [...unique.values()];
+      if (checkKnown) {
+        const { rows: known } = await client.query<{ id: string }>(
+          'SELECT id FROM reports WHERE id = ANY($1::uuid[])',
+          [[...unique.keys()]],
+        );
+        const stored = new Set(known.map((r) => r.id));
+        reports = reports.filter((r) => !stored.has(r.id));
+      }
+      const duplicates = batch.length - reports.length;
+      if (reports.length === 0) return { applied: 0, duplicates, outcomes: [], changes: 0, lastSeq: null };
+
+      const plan = this.rules.plan(reports);
+      const loaded = await loadState(client, now, plan.targets, plan.networks);
+      const writes = this.rules.decide(reports, loaded.state, loaded.allowlist, now);
+      const outcomes = new Map(writes.outcomes.map((o) => [o.id, o.outcome]));
+      const { lastSeq, inserted } = await writeResult(client, writes, loaded, { reports, outcomes });
+      if (inserted !== reports.length) throw new KnownReports();
+      return {
+        applied: reports.length,
+        duplicates,
+        outcomes: writes.outcomes,
+        changes: writes.changes.length,
+        lastSeq,
+      };
+    });
+  }
+
+  /**
+   * Publishes unpublished decision_log rows in seq order through `publish` (which must resolve only once
+   * the broker confirmed them) and marks them published; repeats until none is left. One relay at a time
+   * across all processes (advisory lock). A crash between publish and commit republishes: consumers
+   * apply each seq once. Returns the number of changes published.
+   */
+  async relay(publish: (changes: DecisionChange[]) => Promise<void>): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const published = await inTransaction(
+        this.pool,
+        async (client) => {
+          // The cursor's row lock is the relay lock: a second relay waits here, then starts after our rows.
+          const cursor = await client.query<{ published_seq: string }>(
+            'SELECT published_seq FROM decision_relay WHERE id = 1 FOR UPDATE',
+          );
+          const from = cursor.rows[0]!.published_seq;
+          const { rows } = await client.query<LogDbRow>(
+            `SELECT seq, op, target::text AS target, expires_at, reason FROM decision_log
+             WHERE seq > $1 ORDER BY seq LIMIT $2`,
+            [from, this.relayBatchSize],
+          );
+          if (rows.length === 0) return 0;
+          await publish(rows.map(toChange));
+          await client.query('UPDATE decision_relay SET published_seq = $1 WHERE id = 1', [
+            rows[rows.length - 1]!.seq,
+          ]);
+          return rows.length;
+        },
+        'BEGIN',
+      );
+      total += published;
+      if (published < this.relayBatchSize) return total;
+    }
+  }
+
+  /** Ends the bans expired by the database clock and logs the resulting changes. */
+  async sweep(): Promise<ChangeResult> {
+    let changes = 0;
+    let lastSeq: number | null = null;
+    // Most sweeps find nothing: look without the decision lock first, so they never queue behind batches.
+    const { rowCount } = await this.pool.query(
+      'SELECT 1 FROM active_bans WHERE expires_at <= clock_timestamp() LIMIT 1',
+    );
+    if (!rowCount) return { changes, lastSeq };
+    for (;;) {
+      const round = await inTransaction(this.pool, async (client) => {
+        const { now } = await lockDecisions(client);
+        const { rows } = await client.query<{ target: string }>(
+          `SELECT DISTINCT target::text AS target FROM active_bans WHERE expires_at <= $1 LIMIT $2`,
+          [now, this.sweepBatchSize],
+        );
+        if (rows.length === 0) return { changes: 0, lastSeq: null, more: false };
+        const loaded = await loadState(
+          client,
+          now,
+          rows.map((r) => targetFromDb(r.target)),
+        );
+        const writes = this.rules.expire(loaded.state, now);
+        const { lastSeq: seq } = await writeResult(client, writes, loaded);
+        return { changes: writes.changes.length, lastSeq: seq, more: rows.length === this.sweepBatchSize };
+      });
+      changes += round.changes;
+      if (round.lastSeq !== null) lastSeq = round.lastSeq;
+      if (!round.more) return { changes, lastSeq };
+    }
+  }
+
+  /** Lifts every ban and decision overlapping an active allowlist entry (an entry was added). */
+  async liftAllowlisted(): Promise<ChangeResult> {
+    // Usually nothing is covered: look without the decision lock first, so the check never queues behind batches.
+    const { rowCount } = await this.pool.query(
+      `SELECT 1 FROM allowlist n JOIN decisions d ON d.target && n.network
+       WHERE n.expires_at IS NULL OR n.expires_at > clock_timestamp() LIMIT 1`,
+    );
+    if (!rowCount) return { changes: 0, lastSeq: null };
+    return inTransaction(this.pool, async (client) => {
+      const { now } = await lockDecisions(client);
+      const allowlist = await activeAllowlist(client, now);
+      if (allowlist.length === 0) return { changes: 0, lastSeq: null };
+      const { rows } = await client.query<{ target: string }>(
+        // Allowlists are short and decisions many: one GiST probe per allowlist entry.
+        `SELECT d.target::text AS target FROM unnest($1::cidr[]) AS n(network) JOIN decisions d ON d.target && n.network
+         UNION
+         SELECT a.target::text FROM unnest($1::cidr[]) AS n(network) JOIN active_bans a ON a.target && n.network`,
+        [allowlist],
+      );
+      if (rows.length === 0) return { changes: 0, lastSeq: null };
+      const loaded = await loadState(
+        client,
+        now,
+        rows.map((r) => targetFromDb(r.target)),
+      );
+      const writes = this.rules.lift(loaded.state, allowlist, now);
+      const { lastSeq } = await writeResult(client, writes, loaded);
+      return { changes: writes.changes.length, lastSeq };
+    });
+  }
+
+  /** The decision set and the seq it reflects (read in one snapshot). */
+  async snapshot(): Promise<{ seq: number; decisions: Decision[] }> {
+    const client = await this.pool.connect();
+    try {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      const { rows: seqRows } = await client.query<{ last: string }>(
+        'SELECT last FROM decision_seq WHERE id = 1',
+      );
+      const { rows } = await client.query<DecisionDbRow>(
+        `SELECT ${DECISION_COLUMNS} FROM decisions ORDER BY target`,
+      );
+      await client.query('COMMIT');
+      return {
+        seq: Number(seqRows[0]!.last),
+        decisions: rows.map((r) => ({
+          target: targetFromDb(r.target),
+          origin: r.origin,
+          first_seen: r.first_seen.toISOString(),
+          last_seen: r.last_seen.toISOString(),
+          expires_at: r.expires_at ? r.expires_at.toISOString() : null,
+          reporters: r.reporters,
+          ban_count: r.ban_count,
+          reason: r.reason,
+        })),
+      };
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Logged changes after `seq`, in order. */
+  async logSince(seq: number, limit = 100_000): Promise<DecisionChange[]> {
+    const { rows } = await this.pool.query<LogDbRow>(
+      `SELECT seq, op, target::text AS target, expires_at, reason FROM decision_log
+       WHERE seq > $1 ORDER BY seq LIMIT $2`,
+      [seq, limit],
+    );
+    return rows.map(toChange);
+  }
+
+  async lastSeq(): Promise<number> {
+    const { rows } = await this.pool.query<{ last: string }>('SELECT last FROM decision_seq WHERE id = 1');
+    return Number(rows[0]!.last);
+  }
+
+  /** Logged changes the relay has not published yet. */
+  async unpublishedCount(): Promise<number> {
+    const { rows } = await this.pool.query<{ n: string }>(
+      `SELECT (SELECT last FROM decision_seq WHERE id = 1) - (SELECT published_seq FROM decision_relay WHERE id = 1) AS n`,
+    );
+    return Number(rows[0]!.n);
+  }
+
+  async decisionCount(): Promise<number> {
+    const { rows } = await this.pool.query<{ n: string }>('SELECT count(*) AS n FROM decisions');
+    return Number(rows[0]!.n);
+  }
+}

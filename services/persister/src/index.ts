@@ -1,0 +1,282 @@
+// The persister: the only place reports become decisions. Consumes `<ns>.persister` in batches, applies
+// each batch in one transaction (DecisionStore.applyReports) and relays the decision log to the
+// `<ns>.decisions` fanout in seq order. Also sweeps expired bans and lifts allowlisted decisions.
+import type pg from 'pg';
+import { ReportMessageSchema, policyFromEnv, type PersisterEnv, type Report } from '@banbus/core';
+import type { Bus, Consumer, Delivery } from '@banbus/bus';
+import { CHANNELS, DecisionStore, isTransientDbError, listenChannel } from '@banbus/db';
+import { Counter, Gauge, Histogram, metric, type Logger, type Registry, type Running } from '@banbus/runtime';
+import { engineRules } from './engine.js';
+export { mainPersister } from './main.js';
+
+export {
+  DecisionEngine,
+  decide,
+  engineRules,
+  planLoad,
+  effectiveTarget,
+  OUTCOMES,
+  type Outcome,
+} from './engine.js';
+
+export interface PersisterDeps {
+  config: PersisterEnv;
+  logger: Logger;
+  registry: Registry;
+  pool: pg.Pool;
+  bus: Bus;
+}
+
+export interface PersisterRunning extends Running {
+  ready(): boolean;
+  /** The store this persister writes through (tests and the CLI read snapshots from it). */
+  readonly store: DecisionStore;
+  /** Runs a relay round now (coalesced with one already running); resolves when it finished. */
+  relay(): Promise<void>;
+  /** Runs a sweep now; resolves when it finished. */
+  sweep(): Promise<void>;
+}
+
+/** How often unpublished decision_log rows are relayed without being told (rows a crash left behind). */
+const RELAY_FALLBACK_MS = 2_000;
+/** How often the allowlist is checked without a notification (a missed NOTIFY while reconnecting). */
+const LIFT_INTERVAL_MS = 30_000;
+
+/**
+ * Runs `task` one at a time; a trigger while it runs schedules exactly one more run afterwards, so bursts
+ * of triggers (one per committed batch, one per NOTIFY) collapse into few runs and none is lost.
+ */
+class Coalesced {
+  private running: Promise<void> | null = null;
+  private again = false;
+
+  constructor(
+    private readonly task: () => Promise<void>,
+    private readonly onError: (err: unknown) => void,
+  ) {}
+
+  trigger(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.task();
+        } catch (err) {
+          this.onError(err);
+        }
+      } while (this.again);
+      this.running = null;
+    })();
+    return this.running;
+  }
+
+  /** Resolves once no run is in progress. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+}
+
+function createMetrics(registry: Registry) {
+  return {
+    reports: metric(
+      registry,
+      'banbus_persister_reports_total',
+      () =>
+        new Counter({
+          name: 'banbus_persister_reports_total',
+          help: 'Reports applied, by outcome (duplicate = already stored id, skipped)',
+          labelNames: ['outcome'] as const,
+          registers: [registry],
+        }),
+    ),
+    batchSeconds: metric(
+      registry,
+      'banbus_persister_batch_seconds',
+      () =>
+        new Histogram({
+          name: 'banbus_persister_batch_seconds',
+          help: 'Time to apply one batch of reports (one transaction)',
+          buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+          registers: [registry],
+        }),
+    ),
+    decisions: metric(
+      registry,
+      'banbus_persister_decisions',
+      () =>
+        new Gauge({ name: 'banbus_persister_decisions', help: 'Decisions in force', registers: [registry] }),
+    ),
+    lastSeq: metric(
+      registry,
+      'banbus_persister_last_seq',
+      () =>
+        new Gauge({
+          name: 'banbus_persister_last_seq',
+          help: 'Last decision seq allocated',
+          registers: [registry],
+        }),
+    ),
+    unpublished: metric(
+      registry,
+      'banbus_persister_unpublished',
+      () =>
+        new Gauge({
+          name: 'banbus_persister_unpublished',
+          help: 'Decision log rows not yet confirmed by the broker',
+          registers: [registry],
+        }),
+    ),
+  };
+}
+
+export async function startPersister(deps: PersisterDeps): Promise<PersisterRunning> {
+  const { config, pool, bus, registry } = deps;
+  const logger = deps.logger.child({ component: 'persister' });
+  const policy = policyFromEnv(config);
+  const store = new DecisionStore(pool, engineRules(policy), { logger });
+  const metrics = createMetrics(registry);
+  let stopped = false;
+  let started = false;
+
+  const relay = new Coalesced(
+    async () => {
+      if (!bus.connected) return; // the 'connected' event triggers the next round
+      const n = await store.relay((changes) => bus.publishDecisionChanges(changes));
+      if (n > 0) logger.debug({ published: n }, 'relayed decision changes');
+    },
+    (err) => logger.warn({ err }, 'relaying decision changes failed; retrying on the next trigger'),
+  );
+  const sweeper = new Coalesced(
+    async () => {
+      const result = await store.sweep();
+      if (result.lastSeq !== null) metrics.lastSeq.set(result.lastSeq);
+      if (result.changes > 0) {
+        logger.info({ changes: result.changes }, 'expired bans swept');
+        void relay.trigger();
+      }
+    },
+    (err) => logger.warn({ err }, 'sweeping expired bans failed'),
+  );
+  const lifter = new Coalesced(
+    async () => {
+      const result = await store.liftAllowlisted();
+      if (result.lastSeq !== null) metrics.lastSeq.set(result.lastSeq);
+      if (result.changes > 0) {
+        logger.info({ changes: result.changes }, 'allowlisted decisions lifted');
+        void relay.trigger();
+      }
+    },
+    (err) => logger.warn({ err }, 'lifting allowlisted decisions failed'),
+  );
+
+  const applyChunk = async (reports: Report[]): Promise<void> => {
+    const end = metrics.batchSeconds.startTimer();
+    const result = await store.applyReports(reports);
+    end();
+    const counts = new Map<string, number>();
+    for (const o of result.outcomes) counts.set(o.outcome, (counts.get(o.outcome) ?? 0) + 1);
+    for (const [outcome, n] of counts) metrics.reports.inc({ outcome }, n);
+    if (result.duplicates > 0) metrics.reports.inc({ outcome: 'duplicate' }, result.duplicates);
+    if (result.lastSeq !== null) {
+      metrics.lastSeq.set(result.lastSeq);
+      // Not awaited: the chunk is committed (so it may be acked) and the relay publishes in seq order anyway.
+      void relay.trigger();
+    }
+  };
+  // A message carries one report or a packed array (ReportMessageSchema); deliveries are flattened in
+  // queue order and applied in transactions of at most PERSISTER_BATCH_SIZE reports. If a later chunk
+  // fails, the redelivered earlier ones are recognized by their ids and have no second effect.
+  const handler = async (deliveries: Delivery<Report[]>[]): Promise<void> => {
+    const reports = deliveries.flatMap((d) => d.body);
+    for (let i = 0; i < reports.length; i += config.PERSISTER_BATCH_SIZE) {
+      await applyChunk(reports.slice(i, i + config.PERSISTER_BATCH_SIZE));
+    }
+  };
+
+  // Lift before consuming: an allowlist entry added while no persister ran must not wait for a timer.
+  await lifter.trigger();
+  // Rows a crash left unpublished go out before anything new.
+  await relay.trigger();
+
+  const listeners = await Promise.all([
+    listenChannel(config.DATABASE_URL, CHANNELS.decisionLog, () => void relay.trigger(), {
+      logger,
+      onReconnect: () => void relay.trigger(),
+    }),
+    listenChannel(config.DATABASE_URL, CHANNELS.allowlist, () => void lifter.trigger(), {
+      logger,
+      onReconnect: () => void lifter.trigger(),
+    }),
+  ]);
+  const onConnected = () => void relay.trigger();
+  bus.on('connected', onConnected);
+
+  const consumer: Consumer = await bus.consume<Report[]>({
+    queue: bus.topology.persisterQueue,
+    schema: ReportMessageSchema,
+    // In messages: single reports (fail2ban's one-at-a-time path) still fill a whole transaction; packed
+    // messages of up to MAX_REPORTS_PER_MESSAGE are chunked by the handler.
+    prefetch: config.PERSISTER_PREFETCH,
+    batchSize: Math.min(config.PERSISTER_BATCH_SIZE, config.PERSISTER_PREFETCH),
+    // The bus counts attempts from 1; 0 in the environment means "dead-letter at the first failure".
+    maxRetries: Math.max(1, config.PERSISTER_MAX_RETRIES),
+    isTransient: isTransientDbError,
+    handler,
+  });
+
+  const refreshGauges = async (withDecisions: boolean) => {
+    try {
+      const [unpublished, lastSeq] = await Promise.all([store.unpublishedCount(), store.lastSeq()]);
+      metrics.unpublished.set(unpublished);
+      metrics.lastSeq.set(lastSeq);
+      // count(*) over a million decisions takes tens of milliseconds: not every 2 s.
+      if (withDecisions) metrics.decisions.set(await store.decisionCount());
+    } catch (err) {
+      logger.debug({ err }, 'reading persister gauges failed');
+    }
+  };
+  const timers = [
+    setInterval(() => {
+      void relay.trigger();
+      void refreshGauges(false);
+    }, RELAY_FALLBACK_MS),
+    setInterval(() => void sweeper.trigger(), Math.max(10, config.PERSISTER_SWEEP_INTERVAL * 1000)),
+    setInterval(() => {
+      void lifter.trigger();
+      void refreshGauges(true);
+    }, LIFT_INTERVAL_MS),
+  ];
+  for (const t of timers) t.unref();
+  void sweeper.trigger();
+  void refreshGauges(true);
+  started = true;
+  logger.info(
+    { queue: bus.topology.persisterQueue, batchSize: config.PERSISTER_BATCH_SIZE },
+    'persister started',
+  );
+
+  return {
+    store,
+    ready: () => started && !stopped && bus.connected,
+    relay: () => relay.trigger(),
+    sweep: () => sweeper.trigger(),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      for (const t of timers) clearInterval(t);
+      bus.off('connected', onConnected);
+      // Cancelling lets the in-flight batch finish (and commit) before it resolves.
+      await consumer.cancel().catch((err: unknown) => logger.warn({ err }, 'cancelling the consumer failed'));
+      await Promise.allSettled(listeners.map((l) => l.close()));
+      await Promise.all([sweeper.idle(), lifter.idle()]);
+      // Whatever the last batches logged goes out now rather than at the next start.
+      await relay.trigger();
+      await relay.idle();
+      logger.info('persister stopped');
+    },
+  };
+}

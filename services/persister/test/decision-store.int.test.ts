@@ -1,0 +1,130 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type pg from 'pg';
+import { parseEnv, PersisterEnvSchema, policyFromEnv } from '@banbus/core';
+import { AllowlistRepository, createPool, DecisionStore } from '@banbus/db';
+import { createTestDatabase, type TestDatabase } from '../../../test/harness/index.js';
+import { engineRules } from '../src/engine.js';
+import { report } from './setup.js';
+
+// The store without a broker: SQL paths the service tests reach only by chance.
+describe('DecisionStore', () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  let store: DecisionStore;
+  before(async () => {
+    db = await createTestDatabase();
+    pool = createPool(db.url);
+    store = new DecisionStore(pool, engineRules(policyFromEnv(parseEnv(PersisterEnvSchema, {}))));
+  });
+  after(async () => {
+    await pool?.end();
+    await db?.drop();
+  });
+  const targets = async () => (await store.snapshot()).decisions.map((d) => d.target).sort();
+
+  test('a batch mixing stored and new ids applies only the new ones, in order, without seq gaps', async () => {
+    const first = report({ target: '192.0.2.1' });
+    const r1 = await store.applyReports([first]);
+    assert.deepEqual(r1, {
+      applied: 1,
+      duplicates: 0,
+      outcomes: [{ id: first.id, outcome: 'banned' }],
+      changes: 1,
+      lastSeq: 1,
+    });
+    const unban = report({ target: '192.0.2.1', action: 'unban' });
+    const fresh = report({ target: '192.0.2.2' });
+    // first (stored) would re-ban after the unban if it were applied again.
+    const r2 = await store.applyReports([unban, first, fresh, fresh]);
+    assert.equal(r2.applied, 2);
+    assert.equal(r2.duplicates, 2);
+    assert.deepEqual(
+      r2.outcomes.map((o) => o.outcome),
+      ['unbanned', 'banned'],
+    );
+    assert.equal(r2.lastSeq, 3);
+    assert.deepEqual(await targets(), ['192.0.2.2']);
+    assert.deepEqual(
+      (await store.logSince(0)).map((c) => `${c.seq} ${c.op} ${c.target}`),
+      ['1 add 192.0.2.1', '2 del 192.0.2.1', '3 add 192.0.2.2'],
+    );
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM reports');
+    assert.equal(rows[0].n, 3);
+  });
+
+  test('a manual unban of a network ends the bans inside it', async () => {
+    await store.applyReports(['10.9.1.1', '10.9.2.0/24', '10.10.0.1'].map((target) => report({ target })));
+    const r = await store.applyReports([
+      report({ target: '10.9.0.0/16', origin: 'manual', action: 'unban', host: 'admin' }),
+    ]);
+    assert.deepEqual(
+      r.outcomes.map((o) => o.outcome),
+      ['unbanned'],
+    );
+    assert.equal(r.changes, 2);
+    assert.deepEqual(await targets(), ['10.10.0.1', '192.0.2.2']);
+    const { rows } = await pool.query(
+      `SELECT count(*)::int AS n FROM active_bans WHERE target <<= '10.9.0.0/16'`,
+    );
+    assert.equal(rows[0].n, 0);
+  });
+
+  test('sweep() ends expired bans and recomputes what remains', async () => {
+    await store.applyReports([
+      report({ target: '198.51.100.1', bantime: 1 }),
+      report({ target: '198.51.100.2', bantime: 1, host: 'a' }),
+      report({ target: '198.51.100.2', bantime: 3600, host: 'b' }),
+    ]);
+    // Age the bans instead of waiting: the sweeper compares with the database clock.
+    await pool.query(
+      `UPDATE active_bans SET expires_at = now() - interval '1 second' WHERE expires_at < now() + interval '10 seconds'`,
+    );
+    const before = await store.lastSeq();
+    const result = await store.sweep();
+    assert.equal(result.changes, 1);
+    const log = await store.logSince(before);
+    assert.deepEqual(
+      log.map((c) => `${c.op} ${c.target}`),
+      ['del 198.51.100.1'],
+    );
+    assert.ok((await targets()).includes('198.51.100.2'));
+    assert.deepEqual(await store.sweep(), { changes: 0, lastSeq: null });
+  });
+
+  test('liftAllowlisted() removes covered decisions; allowlisted bans are refused', async () => {
+    await store.applyReports([report({ target: '203.0.113.7' }), report({ target: '203.0.113.128/25' })]);
+    await new AllowlistRepository(pool).add({ network: '203.0.113.0/24' });
+    const result = await store.liftAllowlisted();
+    assert.equal(result.changes, 2);
+    assert.ok(!(await targets()).some((t) => t.startsWith('203.0.113.')));
+    const r = await store.applyReports([report({ target: '203.0.113.9' })]);
+    assert.deepEqual(
+      r.outcomes.map((o) => o.outcome),
+      ['allowlisted'],
+    );
+    assert.equal(r.changes, 0);
+  });
+
+  test('relay() publishes in seq order and marks rows published; a failed publish leaves them', async () => {
+    await assert.rejects(
+      store.relay(async () => {
+        throw new Error('broker away');
+      }),
+      /broker away/,
+    );
+    const all = await store.logSince(0);
+    assert.equal(await store.unpublishedCount(), all.length);
+    const seen: number[] = [];
+    const n = await store.relay(async (changes) => {
+      seen.push(...changes.map((c) => c.seq));
+    });
+    assert.equal(n, all.length);
+    assert.deepEqual(
+      seen,
+      all.map((c) => c.seq),
+    );
+    assert.equal(await store.unpublishedCount(), 0);
+    assert.equal(await store.relay(async () => assert.fail('nothing left to publish')), 0);
+  });
+});
