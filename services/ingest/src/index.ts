@@ -10,6 +10,7 @@ import { createIngestApp } from './app.js';
 import { TokenAuthenticator } from './auth.js';
 import { AllowlistCache } from './checks.js';
 import { ReportRateLimiter } from './rate.js';
+import { CoalescingPublisher } from './coalesce.js';
 
 export { createIngestApp, toReport, type IngestAppOptions, type ReportPublisher } from './app.js';
 export { parseReportBody, parseCompatQuery, type ReportInput } from './parse.js';
@@ -48,7 +49,7 @@ export async function startIngest(deps: IngestDeps): Promise<Running & { port: n
   const app = createIngestApp({
     logger,
     registry,
-    bus,
+    bus: new CoalescingPublisher(bus),
     auth,
     allowlist,
     limiter: new ReportRateLimiter(config.INGEST_RATE_LIMIT, config.INGEST_RATE_BURST),
