@@ -9,8 +9,10 @@ export interface PoolOptions {
 }
 
 /**
- * A pg pool whose idle-client errors (the server restarted, a connection was killed) are logged instead
- * of crashing the process: pg emits them on the pool, and an unhandled 'error' event would be fatal.
+ * A pg pool whose connection errors (the server restarted, a connection was killed) are logged instead
+ * of crashing the process. pg emits them on the pool while a client is idle, but on the client itself
+ * while it is checked out — e.g. a transaction waiting for the broker's confirm — and an unhandled
+ * 'error' event would be fatal. The query in flight, if any, still rejects for its caller.
  */
 export function createPool(databaseUrl: string, options: PoolOptions = {}): pg.Pool {
   const pool = new pg.Pool({
@@ -26,6 +28,11 @@ export function createPool(databaseUrl: string, options: PoolOptions = {}): pg.P
   pool.on('error', (err: Error & { code?: string }) => {
     if (logger)
       logger.warn({ err: { message: err.message, code: err.code } }, 'idle PostgreSQL connection failed');
+  });
+  pool.on('connect', (client) => {
+    client.on('error', (err: Error & { code?: string }) => {
+      logger?.warn({ err: { message: err.message, code: err.code } }, 'PostgreSQL connection failed');
+    });
   });
   return pool;
 }
