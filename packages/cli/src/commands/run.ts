@@ -25,7 +25,8 @@ export interface RunningService extends Running {
  */
 export async function runService(name: ServiceName, env: CliIo['env']): Promise<RunningService> {
   const common = parseEnv(CommonEnvSchema, env);
-  const logger = createLogger({ level: common.LOG_LEVEL, name: 'banbus' });
+  // No name here: each service's child logger adds its own `service`.
+  const logger = createLogger({ level: common.LOG_LEVEL });
   const registry = createRegistry();
   if (name === 'ingest') {
     const ingest = await mainIngest(env, { logger, registry });
