@@ -30,7 +30,9 @@ CREATE TABLE reports (
   outcome text
 );
 CREATE INDEX reports_target_idx ON reports (target);
-CREATE INDEX reports_received_at_idx ON reports (received_at);
+-- Reports arrive in received_at order, so a BRIN index serves time ranges (retention, history by date) at a
+-- fraction of a btree's cost on every insert.
+CREATE INDEX reports_received_at_idx ON reports USING brin (received_at);
 
 -- One row per (target, host, jail) ban currently in force; a decision lives while it has at least one.
 CREATE TABLE active_bans (
@@ -56,8 +58,10 @@ CREATE TABLE decisions (
   ban_count integer NOT NULL,
   reason text
 );
-CREATE INDEX decisions_target_gist ON decisions USING gist (target inet_ops);
-CREATE INDEX decisions_expires_at_idx ON decisions (expires_at) WHERE expires_at IS NOT NULL;
+-- Containment and overlap (`target <<= X`, `>>=`, `&&`) for the allowlist lift and later readers. SP-GiST
+-- supports the same inet operators as GiST and costs about half as much per insert. Lookups by target use
+-- the primary key; the sweeper finds expiries in active_bans, so decisions needs no expires_at index.
+CREATE INDEX decisions_target_idx ON decisions USING spgist (target inet_ops);
 
 -- The single counter behind seq. Its row lock is also the lock every decision change takes, which is
 -- what makes seqs gap-free and commit order equal to seq order across any number of persisters.

@@ -5,7 +5,7 @@ import pg from 'pg';
 import { PersisterEnvSchema, parseEnv, type Report } from '@banbus/core';
 import { Bus, topology } from '@banbus/bus';
 import { HostRepository, createPool } from '@banbus/db';
-import { createLogger, createRegistry } from '@banbus/runtime';
+import { createLogger, createRegistry, type Registry } from '@banbus/runtime';
 import { startPersister } from '@banbus/persister';
 import {
   amqpTestUrl,
@@ -153,6 +153,53 @@ async function rawUnnest(databaseUrl: string, count: number, batch: number): Pro
   return count / seconds;
 }
 
+/** Reports the persister committed, from its own counter (every outcome, duplicates included). */
+async function appliedReports(registry: Registry): Promise<number> {
+  const metric = registry.getSingleMetric('banbus_persister_reports_total');
+  if (!metric) return 0;
+  const { values } = await metric.get();
+  return values.reduce((sum, v) => sum + v.value, 0);
+}
+
+/** Ban reports of distinct targets never seen before: every one creates a decision (the worst case). */
+function newTargets(count: number, round: number): Report[] {
+  const base = 0x0d000000 + round * count;
+  const time = new Date().toISOString();
+  return Array.from({ length: count }, (_, k) => ({
+    id: randomUUID(),
+    action: 'ban',
+    target: ipv4(base + k),
+    host: 'bench',
+    origin: 'fail2ban',
+    jail: 'sshd',
+    bantime: 600,
+    time,
+  }));
+}
+
+/**
+ * A fleet's day: a quarter as many targets as reports, each reported by four hosts over the run (the
+ * first report bans, the others extend the decision and add reporters), one in ten reports an unban.
+ */
+function repeatOffenders(count: number, round: number): Report[] {
+  const targets = Math.max(1, Math.floor(count / 4));
+  const base = 0x0e000000 + round * targets;
+  const time = new Date().toISOString();
+  return Array.from({ length: count }, (_, k) => {
+    const host = `host-${Math.floor(k / targets) % 4}`;
+    return {
+      id: randomUUID(),
+      action: k % 10 === 9 ? 'unban' : 'ban',
+      target: ipv4(base + ((k * 7919) % targets)),
+      host,
+      origin: 'fail2ban',
+      jail: k % 3 === 0 ? 'postfix' : 'sshd',
+      bantime: 600 + (k % 5) * 60,
+      time,
+    };
+  });
+}
+
 export async function benchPersister(): Promise<BenchRow[]> {
   const db = await createTestDatabase();
   const url = await amqpTestUrl();
@@ -167,56 +214,72 @@ export async function benchPersister(): Promise<BenchRow[]> {
   });
   const pool = createPool(db.url, { max: 4 });
   const bus = await Bus.connect({ url, namespace, logger });
+  const storedReports = async () => Number((await pool.query('SELECT count(*) AS n FROM reports')).rows[0].n);
+
+  /** Fills the queue, then times one persister draining it into PostgreSQL; reports/s. */
+  async function drain(reports: Report[]): Promise<number> {
+    for (let k = 0; k < reports.length; k += 5000) await bus.publishReports(reports.slice(k, k + 5000));
+    const before = await storedReports();
+    const registry = createRegistry(false);
+    const started = performance.now();
+    const persister = await startPersister({ config, logger, registry, pool, bus });
+    // The persister counts reports after their transaction committed. Watching that counter costs the
+    // database nothing; polling count(*) every 25 ms took CPU from the very backend being measured.
+    await waitFor(async () => (await appliedReports(registry)) >= reports.length, {
+      timeoutMs: 300_000,
+      intervalMs: 5,
+      what: 'the persister to commit every report',
+    });
+    const rate = reports.length / ((performance.now() - started) / 1000);
+    await persister.stop();
+    const stored = (await storedReports()) - before;
+    if (stored !== reports.length)
+      throw new Error(`the persister stored ${stored} of ${reports.length} reports`);
+    return rate;
+  }
+
   const rawRuns: number[] = [];
-  const persisterRuns: number[] = [];
+  const newRuns: number[] = [];
+  const mixRuns: number[] = [];
   try {
     for (let round = 0; round < ROUNDS; round++) {
       rawRuns.push(await rawUnnest(db.url, count, config.PERSISTER_BATCH_SIZE));
-      // Fill the queue first, then time the persister draining it into PostgreSQL.
-      const base = 0x0d000000 + round * count;
-      const time = new Date().toISOString();
-      const reports: Report[] = Array.from({ length: count }, (_, k) => ({
-        id: randomUUID(),
-        action: 'ban',
-        target: ipv4(base + k),
-        host: 'bench',
-        origin: 'fail2ban',
-        jail: 'sshd',
-        bantime: 600,
-        time,
-      }));
-      for (let k = 0; k < reports.length; k += 5000) await bus.publishReports(reports.slice(k, k + 5000));
-      const before = Number((await pool.query('SELECT count(*) AS n FROM reports')).rows[0].n);
-      const started = performance.now();
-      const persister = await startPersister({ config, logger, registry: createRegistry(false), pool, bus });
-      await waitFor(
-        async () =>
-          Number((await pool.query('SELECT count(*) AS n FROM reports')).rows[0].n) >= before + count,
-        { timeoutMs: 300_000, intervalMs: 25, what: 'the persister to commit every report' },
-      );
-      persisterRuns.push(count / ((performance.now() - started) / 1000));
-      await persister.stop();
+      newRuns.push(await drain(newTargets(count, round)));
     }
+    // After the measured case, so that its tables grow exactly as they always did.
+    for (let round = 0; round < ROUNDS; round++) mixRuns.push(await drain(repeatOffenders(count, round)));
   } finally {
     await bus.close();
     await pool.end();
     await deleteNamespace(url, namespace);
     await db.drop();
   }
-  const value = median(persisterRuns);
+  const value = median(newRuns);
+  const mix = median(mixRuns);
+  const reference = {
+    name: `raw unnest insert, ${config.PERSISTER_BATCH_SIZE} rows/statement`,
+    value: median(rawRuns),
+  };
   return [
     {
       part: 'persister',
       measure: `reports/s (${count} queued, batch ${config.PERSISTER_BATCH_SIZE})`,
       value,
       unit: 'reports/s',
-      reference: {
-        name: `raw unnest insert, ${config.PERSISTER_BATCH_SIZE} rows/statement`,
-        value: median(rawRuns),
-      },
+      reference,
       target: '≥ 20,000',
       pass: value >= 20_000,
-      runs: persisterRuns,
+      runs: newRuns,
+    },
+    {
+      part: 'persister',
+      measure: `reports/s, repeat offenders from 4 hosts (${count} queued)`,
+      value: mix,
+      unit: 'reports/s',
+      reference,
+      target: '≥ 20,000',
+      pass: mix >= 20_000,
+      runs: mixRuns,
     },
   ];
 }

@@ -65,6 +65,13 @@ export interface ConsumeOptions<T> {
    *  a backoff without counting an attempt, consumption paused meanwhile. */
   isTransient?: (err: unknown) => boolean;
   handler: (deliveries: Delivery<T>[]) => Promise<void>;
+  /**
+   * Batches handled at once (default 1). The next batch is taken and parsed while earlier ones are still in
+   * their handler, so a handler that waits on I/O can overlap its batches. Handlers are still called in queue
+   * order (each call starts after the previous one started); each batch is acked when its own handler
+   * resolved. A transient failure requeues only once every batch in flight has settled.
+   */
+  concurrency?: number;
 }
 
 export interface Consumer {
@@ -471,13 +478,21 @@ export class QueueConsumer<T> implements Consumer {
   /** A batch never waits for more than prefetch deliveries: the broker would not send them. */
   private readonly batchSize: number;
   private buffer: Held[] = [];
-  private running = false;
+  /** Batches in process() now. */
+  private active = 0;
+  private readonly concurrency: number;
+  /** Resolves when the previous batch's handler was called: handlers start in queue order. */
+  private handlerTurn: Promise<void> = Promise.resolve();
+  /** Batches parked in handledAsTransient, waiting for the others to settle before requeueing. */
+  private parked = 0;
+  private settledWaiters: (() => void)[] = [];
   private flushScheduled = false;
   private paused = false;
   private cancelled = false;
   private attaching = false;
   private transientFailures = 0;
-  private wake: (() => void) | null = null;
+  /** Cut the transient backoffs short (cancel, channel closed). */
+  private readonly wakers = new Set<() => void>();
   private idleWaiters: (() => void)[] = [];
 
   constructor(
@@ -487,6 +502,7 @@ export class QueueConsumer<T> implements Consumer {
     private readonly metrics: Metrics | null,
   ) {
     this.batchSize = Math.min(options.batchSize, options.prefetch);
+    this.concurrency = options.concurrency ?? 1;
   }
 
   /** Opens this consumer's channel on the connection, runs its declare and starts consuming. */
@@ -535,7 +551,7 @@ export class QueueConsumer<T> implements Consumer {
     this.consumerTag = null;
     // Their delivery tags died with the channel; the broker delivers them again.
     this.buffer = [];
-    this.wake?.();
+    for (const wake of this.wakers) wake();
     if (this.cancelled) return;
     // Only this channel closed (e.g. an ack the broker did not accept): start again on the same connection.
     // If the connection went, the bus's setup attaches the consumer on the next one.
@@ -558,7 +574,8 @@ export class QueueConsumer<T> implements Consumer {
   }
 
   private schedule(): void {
-    if (this.running || this.paused) return; // the running loop takes what arrived
+    // At the limit, a finishing batch takes what arrived.
+    if (this.active >= this.concurrency || this.paused) return;
     if (this.buffer.length >= this.batchSize) {
       void this.run();
       return;
@@ -582,27 +599,49 @@ export class QueueConsumer<T> implements Consumer {
     setImmediate(check);
   }
 
-  private async run(): Promise<void> {
-    if (this.running) return;
-    this.running = true;
-    try {
-      while (!this.paused && this.buffer.length > 0) {
-        const batch = this.buffer.splice(0, this.batchSize);
-        try {
-          await this.process(batch);
-        } catch (err) {
-          // process() handles handler errors itself; this is a bug or a broker failure mid-way. The messages
-          // stay unacked and come back with the channel.
-          this.logger.error({ err }, 'processing a batch failed unexpectedly');
-        }
-      }
-    } finally {
-      this.running = false;
-      for (const resolve of this.idleWaiters.splice(0)) resolve();
+  private run(): void {
+    while (!this.paused && this.buffer.length > 0 && this.active < this.concurrency) {
+      const batch = this.buffer.splice(0, this.batchSize);
+      this.active += 1;
+      void this.processBatch(batch);
     }
   }
 
+  private async processBatch(batch: Held[]): Promise<void> {
+    try {
+      await this.process(batch);
+    } catch (err) {
+      // process() handles handler errors itself; this is a bug or a broker failure mid-way. The messages
+      // stay unacked and come back with the channel.
+      this.logger.error({ err }, 'processing a batch failed unexpectedly');
+    } finally {
+      this.active -= 1;
+      this.notifySettled();
+      if (this.active === 0) for (const resolve of this.idleWaiters.splice(0)) resolve();
+      // What arrived meanwhile forms the next batch at once.
+      this.run();
+    }
+  }
+
+  private notifySettled(): void {
+    if (this.active - this.parked > 0) return;
+    for (const resolve of this.settledWaiters.splice(0)) resolve();
+  }
+
   private async process(batch: Held[]): Promise<void> {
+    // Taken before any await, so in the order batches left the buffer.
+    const previous = this.handlerTurn;
+    let started!: () => void;
+    this.handlerTurn = new Promise<void>((resolve) => (started = resolve));
+    try {
+      await this.processInTurn(batch, previous, started);
+    } finally {
+      // Whatever happened, the next batch's handler must not wait for this one forever.
+      started();
+    }
+  }
+
+  private async processInTurn(batch: Held[], previous: Promise<void>, started: () => void): Promise<void> {
     const valid: Parsed<T>[] = [];
     const invalid: { held: Held; reason: string }[] = [];
     for (const held of batch) {
@@ -631,9 +670,19 @@ export class QueueConsumer<T> implements Consumer {
         invalid.map(({ held, reason }) => ({ held, reason, attempts: attemptOf(held.message) })),
       );
     }
-    if (valid.length === 0) return;
+    if (valid.length === 0) {
+      started();
+      return;
+    }
     try {
-      await this.options.handler(valid.map((p) => p.delivery));
+      await previous;
+      let handled: Promise<void>;
+      try {
+        handled = this.options.handler(valid.map((p) => p.delivery));
+      } finally {
+        started();
+      }
+      await handled;
       this.transientFailures = 0;
       for (const p of valid) ack(p.held);
       return;
@@ -684,16 +733,28 @@ export class QueueConsumer<T> implements Consumer {
     this.transientFailures += 1;
     this.logger.warn({ err: describe(err), delay }, 'transient failure; requeueing after a pause');
     this.paused = true;
+    let wake: (() => void) | undefined;
     try {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, delay);
-        this.wake = () => {
+        wake = () => {
           clearTimeout(timer);
           resolve();
         };
+        this.wakers.add(wake);
       });
     } finally {
-      this.wake = null;
+      if (wake) this.wakers.delete(wake);
+    }
+    // Requeueing takes back every unacked delivery of the channel: the batches still in their handler must
+    // settle (ack or park here too) first, or their acks would name deliveries that are no longer theirs.
+    this.parked += 1;
+    try {
+      this.notifySettled();
+      if (this.active - this.parked > 0)
+        await new Promise<void>((resolve) => this.settledWaiters.push(resolve));
+    } finally {
+      this.parked -= 1;
     }
     const channel = this.channel;
     if (channel) {
@@ -775,8 +836,8 @@ export class QueueConsumer<T> implements Consumer {
     const tag = this.consumerTag;
     if (channel && tag) await channel.cancel(tag).catch(() => undefined);
     this.buffer = [];
-    this.wake?.();
-    if (this.running) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    for (const wake of this.wakers) wake();
+    if (this.active > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.channel = null;
     if (channel) await channel.close().catch(() => undefined);
   }
@@ -847,6 +908,12 @@ function copyProperties(properties: MessageProperties, extra: Record<string, unk
 }
 
 function validateConsumeOptions<T>(options: ConsumeOptions<T>): void {
+  if (
+    options.concurrency !== undefined &&
+    (!Number.isInteger(options.concurrency) || options.concurrency < 1)
+  ) {
+    throw new RangeError('consume: concurrency must be an integer ≥ 1');
+  }
   for (const key of ['prefetch', 'batchSize', 'maxRetries'] as const) {
     const value = options[key];
     if (!Number.isInteger(value) || value < 1) throw new RangeError(`consume: ${key} must be an integer ≥ 1`);

@@ -300,6 +300,88 @@ describe('Bus (RabbitMQ)', () => {
     assert.equal(deadLetters.of(queue).length, 0);
   });
 
+  test('with concurrency 2 the next batch is handed over while the first is still in its handler, in order', async () => {
+    const queue = await testQueue('concurrent');
+    const firstStarted = deferred();
+    const secondStarted = deferred();
+    const release = deferred();
+    const handled: number[][] = [];
+    const consumer = await bus.consume({
+      queue,
+      schema: Item,
+      prefetch: 20,
+      batchSize: 2,
+      maxRetries: 3,
+      concurrency: 2,
+      handler: async (deliveries) => {
+        const ns = deliveries.map((d) => d.body.n);
+        handled.push(ns);
+        if (handled.length === 1) {
+          firstStarted.resolve();
+          // Held until the second batch reached its handler: only concurrency lets it.
+          await release.promise;
+        } else if (handled.length === 2) {
+          secondStarted.resolve();
+        }
+      },
+    });
+    await bus.publish(
+      '',
+      queue,
+      Array.from({ length: 6 }, (_, n) => ({ n })),
+    );
+    await firstStarted.promise;
+    await secondStarted.promise;
+    release.resolve();
+    await waitFor(() => handled.flat().length === 6, { what: 'every message handled' });
+    await consumer.cancel();
+    // Handlers started in queue order, and every message was acked once (none came back).
+    assert.deepEqual(
+      handled.flat(),
+      Array.from({ length: 6 }, (_, n) => n),
+    );
+    const { messageCount } = await withChannel((ch) => ch.checkQueue(queue));
+    assert.equal(messageCount, 0);
+  });
+
+  test('with concurrency, a transient error requeues only after the other batch settled; nothing is lost', async () => {
+    const queue = await testQueue('concurrent-transient');
+    let failing = true;
+    const seen = new Map<number, number>();
+    const secondStarted = deferred();
+    const consumer = await bus.consume({
+      queue,
+      schema: Item,
+      prefetch: 20,
+      batchSize: 1,
+      maxRetries: 1, // one counted failure would dead-letter
+      concurrency: 2,
+      isTransient: (err) => err instanceof DatabaseAway,
+      handler: async (deliveries) => {
+        const n = deliveries[0]!.body.n;
+        seen.set(n, (seen.get(n) ?? 0) + 1);
+        if (n === 0 && failing) {
+          // Fails while message 1 is still in its handler; that one must be acked, not requeued under it.
+          await secondStarted.promise;
+          failing = false;
+          throw new DatabaseAway('database is away');
+        }
+        if (n === 1) {
+          secondStarted.resolve();
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      },
+    });
+    await bus.publish('', queue, [{ n: 0 }, { n: 1 }, { n: 2 }]);
+    await waitFor(() => [0, 1, 2].every((n) => seen.has(n)) && (seen.get(0) ?? 0) >= 2, {
+      what: 'every message handled, the failed one again',
+    });
+    await consumer.cancel();
+    assert.equal(deadLetters.of(queue).length, 0);
+    const { messageCount } = await withChannel((ch) => ch.checkQueue(queue));
+    assert.equal(messageCount, 0);
+  });
+
   test('a consumer declares its own queue and keeps it across cancel', async () => {
     const queue = `${namespace}.test-declared`;
     queues.push(queue);

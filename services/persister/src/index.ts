@@ -2,7 +2,13 @@
 // each batch in one transaction (DecisionStore.applyReports) and relays the decision log to the
 // `<ns>.decisions` fanout in seq order. Also sweeps expired bans and lifts allowlisted decisions.
 import type pg from 'pg';
-import { ReportMessageSchema, policyFromEnv, type PersisterEnv, type Report } from '@banbus/core';
+import {
+  ReportMessageSchema,
+  policyFromEnv,
+  type DecisionChange,
+  type PersisterEnv,
+  type Report,
+} from '@banbus/core';
 import type { Bus, Consumer, Delivery } from '@banbus/bus';
 import { CHANNELS, DecisionStore, isTransientDbError, listenChannel } from '@banbus/db';
 import { Counter, Gauge, Histogram, metric, type Logger, type Registry, type Running } from '@banbus/runtime';
@@ -39,6 +45,10 @@ export interface PersisterRunning extends Running {
 
 /** How often unpublished decision_log rows are relayed without being told (rows a crash left behind). */
 const RELAY_FALLBACK_MS = 2_000;
+/** Decision changes handed to the bus per turn of the event loop while relaying. */
+const RELAY_SLICE = 100;
+/** Transactions of one persister in flight at once (one writing, the next queued for the decision lock). */
+const PIPELINE_DEPTH = 2;
 /** How often the allowlist is checked without a notification (a missed NOTIFY while reconnecting). */
 const LIFT_INTERVAL_MS = 30_000;
 
@@ -77,6 +87,26 @@ class Coalesced {
   /** Resolves once no run is in progress. */
   async idle(): Promise<void> {
     while (this.running) await this.running;
+  }
+}
+
+/** Runs tasks in call order, at most `depth` at once (a task waits for a slot, first come first served). */
+class Pipeline {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly depth: number) {}
+
+  async run(task: () => Promise<void>): Promise<void> {
+    if (this.active < this.depth) this.active += 1;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve)); // a finishing task hands its slot over
+    try {
+      await task();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active -= 1;
+    }
   }
 }
 
@@ -142,10 +172,26 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   let stopped = false;
   let started = false;
 
+  // A relay round publishes up to 2000 changes; handing them to amqplib at once kept the event loop busy
+  // for tens of milliseconds (encoding and one socket write per frame), and the batch holding the decision
+  // lock waited that long to send its next statement. Slices with a turn of the event loop in between let
+  // PostgreSQL's answers through. One channel keeps them in order; the round commits only when every slice
+  // was confirmed.
+  const publishChanges = async (changes: DecisionChange[]): Promise<void> => {
+    const sends: Promise<void>[] = [];
+    for (let i = 0; i < changes.length; i += RELAY_SLICE) {
+      if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      const send = bus.publishDecisionChanges(changes.slice(i, i + RELAY_SLICE));
+      // Awaited below; until then a rejection must not count as unhandled (that would end the process).
+      send.catch(() => undefined);
+      sends.push(send);
+    }
+    await Promise.all(sends);
+  };
   const relay = new Coalesced(
     async () => {
       if (!bus.connected) return; // the 'connected' event triggers the next round
-      const n = await store.relay((changes) => bus.publishDecisionChanges(changes));
+      const n = await store.relay(publishChanges);
       if (n > 0) logger.debug({ published: n }, 'relayed decision changes');
     },
     (err) => logger.warn({ err }, 'relaying decision changes failed; retrying on the next trigger'),
@@ -173,6 +219,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     (err) => logger.warn({ err }, 'lifting allowlisted decisions failed'),
   );
 
+  const pipeline = new Pipeline(PIPELINE_DEPTH);
   const applyChunk = async (reports: Report[]): Promise<void> => {
     const end = metrics.batchSeconds.startTimer();
     const result = await store.applyReports(reports);
@@ -190,11 +237,34 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   // A message carries one report or a packed array (ReportMessageSchema); deliveries are flattened in
   // queue order and applied in transactions of at most PERSISTER_BATCH_SIZE reports. If a later chunk
   // fails, the redelivered earlier ones are recognized by their ids and have no second effect.
+  //
+  // Transactions overlap (PIPELINE_DEPTH): while one holds the decision lock and PostgreSQL writes it, the
+  // next is planned, encoded and connected and waits for the lock in PostgreSQL's queue. The consumer
+  // hands over the next batch of messages while earlier ones are still applied (its handlers start in queue
+  // order), every chunk joins one FIFO at once and the store grants the lock in call order, so reports
+  // still apply in queue order.
   const handler = async (deliveries: Delivery<Report[]>[]): Promise<void> => {
     const reports = deliveries.flatMap((d) => d.body);
+    let failed = false;
+    const chunks: Promise<void>[] = [];
     for (let i = 0; i < reports.length; i += config.PERSISTER_BATCH_SIZE) {
-      await applyChunk(reports.slice(i, i + config.PERSISTER_BATCH_SIZE));
+      const chunk = reports.slice(i, i + config.PERSISTER_BATCH_SIZE);
+      chunks.push(
+        pipeline.run(async () => {
+          // After a failed chunk the batch is retried message by message: later chunks need not run now.
+          if (failed) return;
+          try {
+            await applyChunk(chunk);
+          } catch (err) {
+            failed = true;
+            throw err;
+          }
+        }),
+      );
     }
+    const results = await Promise.allSettled(chunks);
+    const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failure) throw failure.reason;
   };
 
   // Lift before consuming: an allowlist entry added while no persister ran must not wait for a timer.
@@ -226,6 +296,8 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     maxRetries: Math.max(1, config.PERSISTER_MAX_RETRIES),
     isTransient: isTransientDbError,
     handler,
+    // The next batch is parsed and queued while the previous one is still being written.
+    concurrency: 2,
   });
 
   const refreshGauges = async (withDecisions: boolean) => {

@@ -127,4 +127,40 @@ describe('DecisionStore', () => {
     assert.equal(await store.unpublishedCount(), 0);
     assert.equal(await store.relay(async () => assert.fail('nothing left to publish')), 0);
   });
+  test('batches handed over at once apply in the order given; one failing fails the one waiting behind it', async () => {
+    const from = await store.lastSeq();
+    const ban = report({ target: '198.51.100.7' });
+    const unban = report({ target: '198.51.100.7', action: 'unban' });
+    const again = report({ target: '198.51.100.8' });
+    // Not awaited one by one: the second and third connect and prepare while the first works.
+    const results = await Promise.all([
+      store.applyReports([ban]),
+      store.applyReports([unban]),
+      store.applyReports([again]),
+    ]);
+    assert.deepEqual(
+      results.map((r) => r.outcomes[0]!.outcome),
+      ['banned', 'unbanned', 'banned'],
+    );
+    assert.deepEqual(
+      (await store.logSince(from)).map((c) => `${c.seq - from} ${c.op} ${c.target}`),
+      ['1 add 198.51.100.7', '2 del 198.51.100.7', '3 add 198.51.100.8'],
+    );
+
+    // A report the database refuses (bantime beyond int) fails its batch; the ban handed over behind it
+    // fails with it rather than overtake it, and the next batch after both applies normally.
+    const before = await store.lastSeq();
+    const bad = { ...report({ target: '198.51.100.9' }), failures: 2 ** 40 };
+    const behind = report({ target: '198.51.100.10' });
+    const [first, second] = await Promise.allSettled([
+      store.applyReports([bad]),
+      store.applyReports([behind]),
+    ]);
+    assert.equal(first.status, 'rejected');
+    assert.equal(second.status, 'rejected');
+    assert.equal((second as PromiseRejectedResult).reason, (first as PromiseRejectedResult).reason);
+    assert.equal(await store.lastSeq(), before);
+    const later = await store.applyReports([behind]);
+    assert.equal(later.outcomes[0]!.outcome, 'banned');
+  });
 });
