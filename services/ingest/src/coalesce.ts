@@ -8,21 +8,26 @@ interface Pending {
 }
 
 /**
- * Publishes the reports of every request that arrives in the same event-loop turn together: one
- * packed message and one broker confirm for all of them instead of one each. Each request still
- * hears only after the broker confirmed its reports (rule 1), and a failure fails every request of
- * the group — none of them is answered 202. Under load this is what keeps single-report requests
- * from being bound by the broker's confirmed-publish rate; when idle, a group is one request and
+ * Publishes the reports of concurrent requests together: one packed message and one broker confirm
+ * for all of them instead of one each (group commit). A group is what arrived during the current
+ * event-loop turn, or — while `maxInFlight` groups already wait for their confirm — everything that
+ * arrives until one of them is confirmed. Each request still hears only after the broker confirmed
+ * its reports (rule 1), and a failure fails every request of the group: none is answered 202.
+ * Under load this keeps single-report requests from being bound by the broker's confirmed-publish
+ * rate and leaves the broker's share of the CPU to ingest; when idle, a group is one request and
  * costs nothing extra (flushing waits for no timer, only for the current turn to end).
  */
 export class CoalescingPublisher implements ReportPublisher {
   private pending: Pending[] = [];
   private scheduled = false;
+  private inFlight = 0;
 
   constructor(
     private readonly target: ReportPublisher,
     /** Largest group; a turn that gathers more is published in several. */
     private readonly maxReports = 5000,
+    /** Groups waiting for their confirm at once; requests arriving beyond that join the next group. */
+    private readonly maxInFlight = 2,
   ) {}
 
   get connected(): boolean {
@@ -32,11 +37,14 @@ export class CoalescingPublisher implements ReportPublisher {
   publishReports(reports: readonly Report[]): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.pending.push({ reports, resolve, reject });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.flush());
-      }
+      this.schedule();
     });
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.pending.length === 0 || this.inFlight >= this.maxInFlight) return;
+    this.scheduled = true;
+    setImmediate(() => this.flush());
   }
 
   private flush(): void {
@@ -59,9 +67,16 @@ export class CoalescingPublisher implements ReportPublisher {
 
   private publish(group: Pending[]): void {
     const reports = group.length === 1 ? group[0]!.reports : group.flatMap((p) => p.reports);
-    this.target.publishReports(reports).then(
-      () => group.forEach((p) => p.resolve()),
-      (err: unknown) => group.forEach((p) => p.reject(err)),
-    );
+    this.inFlight += 1;
+    this.target
+      .publishReports(reports)
+      .then(
+        () => group.forEach((p) => p.resolve()),
+        (err: unknown) => group.forEach((p) => p.reject(err)),
+      )
+      .finally(() => {
+        this.inFlight -= 1;
+        this.schedule();
+      });
   }
 }

@@ -96,3 +96,26 @@ test('a later turn starts a new group', async () => {
   bus.confirmAll();
   await Promise.all([first, second]);
 });
+
+test('while groups wait for their confirm, new requests gather into the next group', async () => {
+  const bus = new RecordingBus();
+  const publisher = new CoalescingPublisher(bus, 5000, 1);
+  const first = publisher.publishReports([report(1)]);
+  await new Promise((r) => setImmediate(r));
+  const later = [2, 3, 4].map(async (n) => {
+    await new Promise((r) => setImmediate(r));
+    return publisher.publishReports([report(n)]);
+  });
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(bus.calls.length, 1, 'nothing more goes out while the first group waits');
+  bus.confirmAll();
+  await first;
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(
+    bus.calls.map((c) => c.map((r) => r.target.split('.')[3])),
+    [['1'], ['2', '3', '4']],
+  );
+  bus.confirmAll();
+  await Promise.all(later);
+});
