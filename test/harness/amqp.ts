@@ -130,19 +130,23 @@ export class DecisionListener {
 
   private onMessage(message: ConsumeMessage | null): void {
     if (!message) return;
-    let change: DecisionChange;
+    let body: unknown;
     try {
-      change = JSON.parse(message.content.toString('utf8')) as DecisionChange;
+      body = JSON.parse(message.content.toString('utf8'));
     } catch {
       return; // not a decision change: nothing a test could wait for
     }
-    const index = this.changes.length;
-    this.changes.push(change);
-    const waiter = this.waiters.find((w) => w.predicate(change));
-    if (waiter) {
-      this.taken.add(index);
-      this.waiters = this.waiters.filter((w) => w !== waiter);
-      waiter.resolve(change);
+    // One change or a packed array of them, as the relay publishes.
+    const changes = (Array.isArray(body) ? body : [body]) as DecisionChange[];
+    for (const change of changes) {
+      const index = this.changes.length;
+      this.changes.push(change);
+      const waiter = this.waiters.find((w) => w.predicate(change));
+      if (waiter) {
+        this.taken.add(index);
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        waiter.resolve(change);
+      }
     }
   }
 

@@ -11,7 +11,12 @@ import {
   type RecoveringChannelModel,
 } from 'amqplib';
 import type { ZodType } from 'zod';
-import { MAX_REPORTS_PER_MESSAGE, type DecisionChange, type Report } from '@banbus/core';
+import {
+  MAX_CHANGES_PER_MESSAGE,
+  MAX_REPORTS_PER_MESSAGE,
+  type DecisionChange,
+  type Report,
+} from '@banbus/core';
 import { Counter, Gauge, metric, type Logger, type Registry } from '@banbus/runtime';
 import { declareTopology, topology, type Topology } from './topology.js';
 
@@ -321,14 +326,19 @@ export class Bus {
 
   /** To the decisions fanout in the given order (one channel keeps it), messageId = String(seq). */
   async publishDecisionChanges(changes: readonly DecisionChange[]): Promise<void> {
-    await this.send(
-      changes.map((change) => ({
+    // Packed like reports: a relay round of thousands of changes is a handful of messages for the broker
+    // and for every consumer, not thousands. A lone change travels as itself; messageId = first seq.
+    const messages = [];
+    for (let i = 0; i < changes.length; i += MAX_CHANGES_PER_MESSAGE) {
+      const chunk = changes.slice(i, i + MAX_CHANGES_PER_MESSAGE);
+      messages.push({
         exchange: this.topology.decisionsExchange,
         routingKey: '',
-        content: encode(change),
-        options: publishProperties(String(change.seq)),
-      })),
-    );
+        content: encode(chunk.length === 1 ? chunk[0] : chunk),
+        options: publishProperties(String(chunk[0]!.seq)),
+      });
+    }
+    await this.send(messages);
   }
 
   /**

@@ -3,7 +3,12 @@ import assert from 'node:assert/strict';
 import type { Channel } from 'amqplib';
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { MAX_REPORTS_PER_MESSAGE, ReportMessageSchema } from '@banbus/core';
+import {
+  DecisionMessageSchema,
+  MAX_CHANGES_PER_MESSAGE,
+  MAX_REPORTS_PER_MESSAGE,
+  ReportMessageSchema,
+} from '@banbus/core';
 import { createLogger, createRegistry, type Registry } from '@banbus/runtime';
 import { amqpTestUrl, DecisionListener, deleteNamespace, testNamespace } from '../../../test/harness/amqp.js';
 import { waitFor } from '../../../test/harness/wait.js';
@@ -137,6 +142,37 @@ describe('Bus (RabbitMQ)', () => {
       read.map((r) => r.id),
       reports.map((r) => r.id),
     );
+  });
+
+  test('decision changes travel packed, in seq order, at most MAX_CHANGES_PER_MESSAGE to a message', async () => {
+    const queue = await testQueue('decisions-packed');
+    await withChannel((ch) => ch.bindQueue(queue, bus.topology.decisionsExchange, ''));
+    const count = MAX_CHANGES_PER_MESSAGE * 2 + 3;
+    const changes = Array.from({ length: count }, (_, k) => ({
+      seq: k + 1,
+      op: 'add' as const,
+      target: `198.51.${k >> 8}.${k & 255}`,
+      expires_at: null,
+    }));
+    await bus.publishDecisionChanges(changes);
+    const bodies: unknown[] = [];
+    for (let i = 0; i < 3; i++) {
+      const message = await waitFor(() => withChannel((ch) => ch.get(queue, { noAck: true })));
+      bodies.push(JSON.parse(message.content.toString()));
+    }
+    assert.deepEqual(
+      bodies.map((b) => (b as unknown[]).length),
+      [MAX_CHANGES_PER_MESSAGE, MAX_CHANGES_PER_MESSAGE, 3],
+    );
+    const read = bodies.flatMap((b) => DecisionMessageSchema.parse(b));
+    assert.deepEqual(
+      read.map((c) => c.seq),
+      changes.map((c) => c.seq),
+    );
+    // A lone change is published as itself.
+    await bus.publishDecisionChanges([{ seq: count + 1, op: 'del', target: '192.0.2.9' }]);
+    const lone = await waitFor(() => withChannel((ch) => ch.get(queue, { noAck: true })));
+    assert.deepEqual(JSON.parse(lone.content.toString()), { seq: count + 1, op: 'del', target: '192.0.2.9' });
   });
 
   test('decision changes reach a DecisionListener in seq order', async () => {

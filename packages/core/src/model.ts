@@ -79,3 +79,17 @@ export const ReportMessageSchema = z.union([
   z.array(ReportSchema).min(1).max(MAX_REPORTS_PER_MESSAGE),
 ]);
 export type ReportMessage = z.infer<typeof ReportMessageSchema>;
+
+/** Most decision changes one message on `<ns>.decisions` carries. */
+export const MAX_CHANGES_PER_MESSAGE = 500;
+
+/**
+ * The body of a message on `<ns>.decisions`: one change, or an array of consecutive changes in seq
+ * order (the relay packs what it publishes at once). Always read as an array; consumers apply each
+ * seq once, in order.
+ */
+export const DecisionMessageSchema = z.union([
+  DecisionChangeSchema.transform((change) => [change]),
+  z.array(DecisionChangeSchema).min(1).max(MAX_CHANGES_PER_MESSAGE),
+]);
+export type DecisionMessage = z.infer<typeof DecisionMessageSchema>;
