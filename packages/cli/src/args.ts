@@ -1,15 +1,10 @@
 import { z } from 'zod';
-import { DurationSeconds, SCOPES, TargetSchema, describeIssue } from '@banbus/core';
+import { DurationSeconds, HostScopesSchema, TargetSchema, describeIssue } from '@banbus/core';
 import { UsageError } from './io.js';
 
-// Command-line values are validated with the same schemas as every other input path.
+export { HostNameSchema } from '@banbus/core';
 
-export const HostNameSchema = z
-  .string()
-  .regex(
-    /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
-    'a host name is 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit',
-  );
+// Command-line values are validated with the same schemas as every other input path.
 
 export const ScopesSchema = z
   .string()
@@ -19,8 +14,7 @@ export const ScopesSchema = z
       .map((x) => x.trim())
       .filter(Boolean),
   )
-  .pipe(z.array(z.enum(SCOPES)).min(1, 'at least one scope'))
-  .transform((scopes) => [...new Set(scopes)]);
+  .pipe(HostScopesSchema);
 
 export const NetworkSchema = TargetSchema;
 

@@ -6,6 +6,20 @@ export type Origin = (typeof ORIGINS)[number];
 export const SCOPES = ['report', 'read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
 
+/** A host's name: the same rule as the CHECK on hosts.name; it also names the host's applier queue. */
+export const HostNameSchema = z
+  .string()
+  .regex(
+    /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
+    'a host name is 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit',
+  );
+
+/** A host's scopes, at least one, each once. */
+export const HostScopesSchema = z
+  .array(z.enum(SCOPES))
+  .min(1, 'a host needs at least one scope (report, read, admin)')
+  .transform((scopes) => [...new Set(scopes)]);
+
 /** A target in canonical text form (see address.ts); anything else fails with the parser's reason. */
 export const TargetSchema = z.string().transform((value, ctx) => {
   try {

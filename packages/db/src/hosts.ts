@@ -1,21 +1,8 @@
 import type pg from 'pg';
-import { z } from 'zod';
-import { SCOPES, type Scope } from '@banbus/core';
+import type { z } from 'zod';
+import { HostNameSchema, HostScopesSchema, type Scope } from '@banbus/core';
 import { DuplicateError, ValidationError, isUniqueViolation } from './errors.js';
 import { generateToken, hashToken } from './tokens.js';
-
-/** The same rule as the CHECK on hosts.name: it also names the host's applier queue. */
-export const HostNameSchema = z
-  .string()
-  .regex(
-    /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/,
-    'a host name is 1-63 letters, digits, dots, dashes or underscores, starting with a letter or digit',
-  );
-
-export const HostScopesSchema = z
-  .array(z.enum(SCOPES))
-  .min(1, 'a host needs at least one scope (report, read, admin)')
-  .transform((scopes) => [...new Set(scopes)]);
 
 export interface HostRecord {
   id: number;

@@ -3,3 +3,4 @@ export * from './metrics.js';
 export * from './errors.js';
 export * from './http.js';
 export * from './lifecycle.js';
+export * from './coalesced.js';

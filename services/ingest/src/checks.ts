@@ -1,7 +1,7 @@
 // Checks that need state: the allowlist, the breadth policy and what the token may report. The
 // persister applies the same policy again (it is the one place that decides); ingest checks first so
 // that a host learns at once, with a reason, that a report will never become a ban.
-import { HttpError, type Logger } from '@banbus/runtime';
+import { CoalescedTask, HttpError, type Logger } from '@banbus/runtime';
 import { Allowlist, tooBroad, widenTarget, type Policy } from '@banbus/core';
 import type { AuthHost } from './auth.js';
 import type { ReportInput } from './parse.js';
@@ -83,8 +83,6 @@ export class AllowlistCache {
   private current: Allowlist | null = null;
   private subscription: { close(): Promise<void> } | null = null;
   private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
   private stopped = false;
   private readonly refreshMs: number;
   private readonly retryMs: number;
@@ -148,34 +146,23 @@ export class AllowlistCache {
 
   /** Reloads; concurrent calls coalesce, and a call during a load causes one more load after it. */
   refresh(): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        try {
-          const networks = await this.source.load();
-          this.current = new Allowlist(networks);
-          this.logger.debug({ networks: networks.length }, 'allowlist loaded');
-        } catch (err) {
-          this.logger.warn(
-            { err: (err as Error).message },
-            'allowlist reload failed, keeping the previous one',
-          );
-        }
-      } while (this.again && !this.stopped);
-    })().finally(() => {
-      this.running = null;
-    });
-    return this.running;
+    return this.reload.trigger();
   }
+
+  private readonly reload = new CoalescedTask(
+    async () => {
+      const networks = await this.source.load();
+      this.current = new Allowlist(networks);
+      this.logger.debug({ networks: networks.length }, 'allowlist loaded');
+    },
+    (err) =>
+      this.logger.warn({ err: (err as Error).message }, 'allowlist reload failed, keeping the previous one'),
+  );
 
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.running;
+    await this.reload.stop();
     await this.subscription?.close().catch(() => undefined);
     this.subscription = null;
   }

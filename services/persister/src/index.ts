@@ -11,7 +11,16 @@ import {
 } from '@banbus/core';
 import type { Bus, Consumer, Delivery } from '@banbus/bus';
 import { CHANNELS, DecisionStore, isTransientDbError, listenChannel } from '@banbus/db';
-import { Counter, Gauge, Histogram, metric, type Logger, type Registry, type Running } from '@banbus/runtime';
+import {
+  CoalescedTask,
+  Counter,
+  Gauge,
+  Histogram,
+  metric,
+  type Logger,
+  type Registry,
+  type Running,
+} from '@banbus/runtime';
 import { engineRules } from './engine.js';
 export { mainPersister } from './main.js';
 
@@ -51,44 +60,6 @@ const RELAY_SLICE = 100;
 const PIPELINE_DEPTH = 2;
 /** How often the allowlist is checked without a notification (a missed NOTIFY while reconnecting). */
 const LIFT_INTERVAL_MS = 30_000;
-
-/**
- * Runs `task` one at a time; a trigger while it runs schedules exactly one more run afterwards, so bursts
- * of triggers (one per committed batch, one per NOTIFY) collapse into few runs and none is lost.
- */
-class Coalesced {
-  private running: Promise<void> | null = null;
-  private again = false;
-
-  constructor(
-    private readonly task: () => Promise<void>,
-    private readonly onError: (err: unknown) => void,
-  ) {}
-
-  trigger(): Promise<void> {
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        try {
-          await this.task();
-        } catch (err) {
-          this.onError(err);
-        }
-      } while (this.again);
-      this.running = null;
-    })();
-    return this.running;
-  }
-
-  /** Resolves once no run is in progress. */
-  async idle(): Promise<void> {
-    while (this.running) await this.running;
-  }
-}
 
 /** Runs tasks in call order, at most `depth` at once (a task waits for a slot, first come first served). */
 class Pipeline {
@@ -188,7 +159,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     }
     await Promise.all(sends);
   };
-  const relay = new Coalesced(
+  const relay = new CoalescedTask(
     async () => {
       if (!bus.connected) return; // the 'connected' event triggers the next round
       const n = await store.relay(publishChanges);
@@ -196,7 +167,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     },
     (err) => logger.warn({ err }, 'relaying decision changes failed; retrying on the next trigger'),
   );
-  const sweeper = new Coalesced(
+  const sweeper = new CoalescedTask(
     async () => {
       const result = await store.sweep();
       if (result.lastSeq !== null) metrics.lastSeq.set(result.lastSeq);
@@ -207,7 +178,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     },
     (err) => logger.warn({ err }, 'sweeping expired bans failed'),
   );
-  const lifter = new Coalesced(
+  const lifter = new CoalescedTask(
     async () => {
       const result = await store.liftAllowlisted();
       if (result.lastSeq !== null) metrics.lastSeq.set(result.lastSeq);
