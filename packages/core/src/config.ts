@@ -69,7 +69,8 @@ export const IngestEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend({
 
 export const PersisterEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend({
   PERSISTER_BATCH_SIZE: z.coerce.number().int().min(1).max(10_000).default(1000),
-  PERSISTER_PREFETCH: z.coerce.number().int().min(1).max(65_535).default(2000),
+  /** Messages in flight from the broker; a message holds one report or up to 500 packed ones. */
+  PERSISTER_PREFETCH: z.coerce.number().int().min(1).max(65_535).default(1000),
   /** Delivery attempts before a failing report is dead-lettered. */
   PERSISTER_MAX_RETRIES: z.coerce.number().int().min(0).max(100).default(5),
   /** Seconds between sweeps for expired decisions. */
