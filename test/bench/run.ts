@@ -3,11 +3,13 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, type BenchRow } from './lib.js';
+import { benchBlocklist } from './blocklist.js';
 import { benchIngest, benchPersister } from './pipeline.js';
 
 const PARTS: Record<string, () => Promise<BenchRow[]>> = {
   ingest: benchIngest,
   persister: benchPersister,
+  blocklist: benchBlocklist,
 };
 
 const wanted = process.argv.slice(2);
