@@ -49,7 +49,12 @@ describe(
         BANBUS_NAMESPACE: namespace,
         LOG_LEVEL: 'silent',
       };
-      running = await runService('all', { ...env, INGEST_PORT: String(port), BANBUS_LISTEN: '127.0.0.1' });
+      running = await runService('all', {
+        ...env,
+        INGEST_PORT: String(port),
+        AGGREGATOR_PORT: '0',
+        BANBUS_LISTEN: '127.0.0.1',
+      });
       listener = await DecisionListener.start(amqpUrl, namespace);
       let token = '';
       await runCli(['hosts', 'add', 'f2b-host'], {

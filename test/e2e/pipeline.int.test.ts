@@ -3,8 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { runCli, runService } from '@banbus/cli';
-import type { Running } from '@banbus/runtime';
+import { runCli, runService, type RunningService } from '@banbus/cli';
 import {
   DecisionListener,
   amqpTestUrl,
@@ -19,7 +18,7 @@ describe('banbus run all', () => {
   let db: Awaited<ReturnType<typeof createTestDatabase>>;
   let amqpUrl: string;
   let namespace: string;
-  let running: Running;
+  let running: RunningService;
   let listener: DecisionListener;
   let base: string;
   let client: pg.Client;
@@ -61,6 +60,7 @@ describe('banbus run all', () => {
     running = await runService('all', {
       ...env(),
       INGEST_PORT: String(port),
+      AGGREGATOR_PORT: '0',
       BANBUS_LISTEN: '127.0.0.1',
       PERSISTER_SWEEP_INTERVAL: '1',
     });
@@ -140,6 +140,21 @@ describe('banbus run all', () => {
       },
       { what: 'ingest to refuse an allowlisted address' },
     );
+  });
+
+  test('the aggregator of the same process serves the ban in the blocklist, and drops it after unban', async () => {
+    const url = `http://127.0.0.1:${running.aggregatorPort}/v1/blocklist.txt?family=4&token=${tokens.ops}`;
+    assert.equal((await post(tokens.web1!, { ip: '198.51.100.77', jail: 'sshd' })).status, 202);
+    await waitFor(async () => (await (await fetch(url)).text()).split('\n').includes('198.51.100.77'), {
+      what: 'the ban in the blocklist',
+    });
+    assert.equal(
+      (await post(tokens.web1!, { ip: '198.51.100.77', action: 'unban', jail: 'sshd' })).status,
+      202,
+    );
+    await waitFor(async () => !(await (await fetch(url)).text()).split('\n').includes('198.51.100.77'), {
+      what: 'the ban gone from the blocklist',
+    });
   });
 
   test('seqs on the stream are gap-free and in order', () => {

@@ -44,7 +44,12 @@ describe('PostgreSQL restart', () => {
     const env = { DATABASE_URL: db.url, AMQP_URL: amqpUrl, BANBUS_NAMESPACE: namespace, LOG_LEVEL: 'silent' };
     const port = await freePort();
     base = `http://127.0.0.1:${port}`;
-    running = await runService('all', { ...env, INGEST_PORT: String(port), BANBUS_LISTEN: '127.0.0.1' });
+    running = await runService('all', {
+      ...env,
+      INGEST_PORT: String(port),
+      AGGREGATOR_PORT: '0',
+      BANBUS_LISTEN: '127.0.0.1',
+    });
     listener = await DecisionListener.start(amqpUrl, namespace);
     await runCli(['hosts', 'add', 'web1'], { env, out: (t) => void (token += t), err: () => undefined });
     token = token.trim();

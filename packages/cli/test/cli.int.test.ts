@@ -162,7 +162,7 @@ describe('banbus usage', () => {
     const run = cli('postgres://postgres@127.0.0.1:5432/postgres');
     assert.equal((await run('frobnicate')).code, 2);
     assert.equal((await run('run', 'nosuch')).code, 2);
-    const planned = await run('run', 'aggregator');
+    const planned = await run('run', 'console');
     assert.equal(planned.code, 2);
     assert.match(planned.err, /not part of this build yet/);
     const help = await run('--help');

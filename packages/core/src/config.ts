@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { TargetSchema } from './model.js';
 
 /** Raised when the environment does not validate; names the variable so the operator can fix it. */
 export class ConfigError extends Error {
@@ -98,3 +99,25 @@ export function parseEnv<S extends z.ZodType>(
   }
   return result.data;
 }
+
+export const AggregatorEnvSchema = CommonEnvSchema.extend({
+  AGGREGATOR_PORT: port(8081),
+  /** Where blocklist4.txt, blocklist6.txt and blocklist.txt are written after each rebuild (unset = nowhere). */
+  BLOCKLIST_DIR: z.string().min(1).optional(),
+  /** Quiet time after a change before the merged lists are rebuilt (milliseconds). */
+  AGGREGATOR_REBUILD_DEBOUNCE_MS: z.coerce.number().int().min(0).max(60_000).default(200),
+  /** Comma-separated CIDRs whose clients may read without a token (e.g. the firewall's address). */
+  AGGREGATOR_ANONYMOUS: z
+    .string()
+    .default('')
+    .transform((v) =>
+      v
+        .split(',')
+        .map((s) => s.trim())
+        .filter((s) => s !== ''),
+    )
+    .pipe(z.array(TargetSchema)),
+  /** How long a token lookup stays cached (seconds). */
+  AGGREGATOR_TOKEN_CACHE_TTL: DurationSeconds.default(30),
+});
+export type AggregatorEnv = z.infer<typeof AggregatorEnvSchema>;

@@ -3,19 +3,22 @@ import { z } from 'zod';
 import { CommonEnvSchema, parseEnv } from '@banbus/core';
 import { createLogger, createRegistry, stopOnSignals, type Logger, type Running } from '@banbus/runtime';
 import { ensureDatabase, migrate } from '@banbus/db';
+import { mainAggregator } from '@banbus/aggregator';
 import { mainIngest } from '@banbus/ingest';
 import { mainPersister } from '@banbus/persister';
 import { UsageError, type CliIo } from '../io.js';
 
 /** Services this build can run; the design's other services join this list as they land. */
-export const SERVICES = ['all', 'ingest', 'persister'] as const;
-const PLANNED = ['aggregator', 'console', 'route-applier', 'importer-3cx'];
+export const SERVICES = ['all', 'ingest', 'persister', 'aggregator'] as const;
+const PLANNED = ['console', 'route-applier', 'importer-3cx'];
 export type ServiceName = (typeof SERVICES)[number];
 
 export interface RunningService extends Running {
   logger: Logger;
   /** The port ingest listens on, when this process runs it. */
   ingestPort?: number;
+  /** The port the aggregator listens on, when this process runs it. */
+  aggregatorPort?: number;
 }
 
 /**
@@ -32,6 +35,10 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
     const ingest = await mainIngest(env, { logger, registry });
     return { ...ingest, logger, ingestPort: ingest.port };
   }
+  if (name === 'aggregator') {
+    const aggregator = await mainAggregator(env, { logger, registry });
+    return { stop: () => aggregator.stop(), logger, aggregatorPort: aggregator.port };
+  }
   if (name === 'persister') {
     const persister = await mainPersister(env, { logger, registry, serveHttp: true });
     return { stop: () => persister.stop(), logger };
@@ -39,24 +46,28 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
   if (await ensureDatabase(common.DATABASE_URL)) logger.info('created the database');
   const applied = await migrate(common.DATABASE_URL, { logger });
   if (applied.length) logger.info({ migrations: applied }, 'migrated');
-  // The persister first, so reports ingest accepts are consumed as soon as they arrive.
-  const persister = await mainPersister(env, { logger, registry, serveHttp: false });
-  let ingest: Running & { port: number };
+  // The persister first, so reports ingest accepts are consumed as soon as they arrive; the aggregator
+  // next, so its snapshot starts from the decisions already there.
+  const started: (Running & { port?: number })[] = [];
   try {
-    ingest = await mainIngest(env, { logger, registry });
+    started.push(await mainPersister(env, { logger, registry, serveHttp: false }));
+    const aggregator = await mainAggregator(env, { logger, registry });
+    started.push(aggregator);
+    const ingest = await mainIngest(env, { logger, registry });
+    started.push(ingest);
+    return {
+      logger,
+      ingestPort: ingest.port,
+      aggregatorPort: aggregator.port,
+      async stop() {
+        // Ingest first: stop accepting, then the readers, then let the persister finish what it holds.
+        for (const service of [...started].reverse()) await service.stop();
+      },
+    };
   } catch (err) {
-    await persister.stop().catch(() => undefined);
+    for (const service of started.reverse()) await service.stop().catch(() => undefined);
     throw err;
   }
-  return {
-    logger,
-    ingestPort: ingest.port,
-    async stop() {
-      // Ingest first: stop accepting, then let the persister finish what it holds.
-      await ingest.stop();
-      await persister.stop();
-    },
-  };
 }
 
 export function runCommand(program: Command, io: CliIo): void {

@@ -1,0 +1,40 @@
+// Wires the aggregator: config → pool and bus → startAggregator. `banbus run aggregator` (and `run all`)
+// call this and own the signals; the pool and bus are closed after the aggregator stopped.
+import { AggregatorEnvSchema, parseEnv } from '@banbus/core';
+import type { Logger, Registry, Running } from '@banbus/runtime';
+import { Bus } from '@banbus/bus';
+import { createPool } from '@banbus/db';
+import { startAggregator } from './index.js';
+
+export async function mainAggregator(
+  env: Record<string, string | undefined>,
+  shared: { logger: Logger; registry: Registry },
+): Promise<Running & { port: number; ready(): boolean }> {
+  const config = parseEnv(AggregatorEnvSchema, env);
+  const logger = shared.logger.child({ service: 'aggregator' });
+  const pool = createPool(config.DATABASE_URL, { logger, applicationName: 'banbus-aggregator' });
+  let bus: Bus | undefined;
+  try {
+    bus = await Bus.connect({
+      url: config.AMQP_URL,
+      namespace: config.BANBUS_NAMESPACE,
+      logger,
+      registry: shared.registry,
+    });
+    const aggregator = await startAggregator({ config, logger, registry: shared.registry, pool, bus });
+    const connected = bus;
+    return {
+      port: aggregator.port,
+      ready: () => aggregator.ready(),
+      async stop() {
+        await aggregator.stop();
+        await connected.close();
+        await pool.end();
+      },
+    };
+  } catch (err) {
+    await bus?.close().catch(() => undefined);
+    await pool.end().catch(() => undefined);
+    throw err;
+  }
+}

@@ -1,0 +1,179 @@
+// Wiring for the aggregator's integration tests: an own database and namespace, a real persister making
+// decisions from published reports, and aggregators started on demand (each with its own bus and pool).
+import { randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import {
+  AggregatorEnvSchema,
+  parseEnv,
+  PersisterEnvSchema,
+  type AggregatorEnv,
+  type DecisionChange,
+  type Report,
+} from '@banbus/core';
+import { Bus } from '@banbus/bus';
+import { createPool, HostRepository } from '@banbus/db';
+import { createLogger, createRegistry, type Logger, type Registry } from '@banbus/runtime';
+import { startPersister, type PersisterRunning } from '@banbus/persister';
+import {
+  amqpTestUrl,
+  createTestDatabase,
+  deleteNamespace,
+  DecisionListener,
+  testNamespace,
+  type TestDatabase,
+} from '../../../test/harness/index.js';
+import { startAggregator, type AggregatorRunning } from '../src/index.js';
+
+export type TestAggregator = AggregatorRunning & { bus: Bus; pool: pg.Pool; registry: Registry; url: string };
+
+export interface World {
+  db: TestDatabase;
+  amqpUrl: string;
+  namespace: string;
+  logger: Logger;
+  pool: pg.Pool;
+  /** Publishes reports. */
+  bus: Bus;
+  listener: DecisionListener;
+  persister: PersisterRunning;
+  tokens: { read: string; report: string; admin: string };
+  startAggregator(overrides?: Partial<AggregatorEnv>): Promise<TestAggregator>;
+  /** Publishes reports and waits until the persister relayed the change of the last one's target. */
+  publish(reports: Report[]): Promise<DecisionChange>;
+  close(): Promise<void>;
+}
+
+export async function createWorld(): Promise<World> {
+  const db = await createTestDatabase();
+  const amqpUrl = await amqpTestUrl();
+  const namespace = testNamespace();
+  const logger = createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const pool = createPool(db.url, { logger });
+  const bus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
+  const listener = await DecisionListener.start(amqpUrl, namespace);
+  const persisterBus = await Bus.connect({
+    url: amqpUrl,
+    namespace,
+    logger,
+    registry: createRegistry(false),
+  });
+  const persisterPool = createPool(db.url, { logger });
+  const persister = await startPersister({
+    config: parseEnv(PersisterEnvSchema, {
+      DATABASE_URL: db.url,
+      AMQP_URL: amqpUrl,
+      BANBUS_NAMESPACE: namespace,
+      LOG_LEVEL: 'silent',
+      PERSISTER_PORT: '0',
+    }),
+    logger,
+    registry: createRegistry(false),
+    pool: persisterPool,
+    bus: persisterBus,
+  });
+  const hosts = new HostRepository(pool);
+  const tokens = {
+    read: (await hosts.add('reader', ['read'])).token,
+    report: (await hosts.add('reporter', ['report'])).token,
+    admin: (await hosts.add('operator', ['admin'])).token,
+  };
+  const running: { stop(): Promise<void> }[] = [];
+  return {
+    db,
+    amqpUrl,
+    namespace,
+    logger,
+    pool,
+    bus,
+    listener,
+    persister,
+    tokens,
+    async startAggregator(overrides = {}) {
+      const config: AggregatorEnv = {
+        ...parseEnv(AggregatorEnvSchema, {
+          DATABASE_URL: db.url,
+          AMQP_URL: amqpUrl,
+          BANBUS_NAMESPACE: namespace,
+          LOG_LEVEL: 'silent',
+          AGGREGATOR_PORT: '0',
+          BANBUS_LISTEN: '127.0.0.1',
+          AGGREGATOR_REBUILD_DEBOUNCE_MS: '20',
+        }),
+        ...overrides,
+      };
+      const ownPool = createPool(db.url, { logger });
+      const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
+      const registry = createRegistry(false);
+      const aggregator = await startAggregator({ config, logger, registry, pool: ownPool, bus: ownBus });
+      let stopped = false;
+      const stopAggregator = aggregator.stop.bind(aggregator);
+      const stop = async () => {
+        if (stopped) return;
+        stopped = true;
+        await stopAggregator();
+        await ownBus.close();
+        await ownPool.end();
+      };
+      running.push({ stop });
+      return Object.assign(aggregator, {
+        bus: ownBus,
+        pool: ownPool,
+        registry,
+        url: `http://127.0.0.1:${aggregator.port}`,
+        stop,
+      });
+    },
+    async publish(reports) {
+      const last = reports[reports.length - 1]!;
+      await bus.publishReports(reports);
+      return listener.next(
+        (c) => c.target === last.target && c.op === (last.action === 'unban' ? 'del' : 'add'),
+      );
+    },
+    async close() {
+      for (const r of running.reverse()) await r.stop().catch(() => undefined);
+      await persister.stop().catch(() => undefined);
+      await persisterBus.close().catch(() => undefined);
+      await persisterPool.end().catch(() => undefined);
+      await listener.close();
+      await bus.close();
+      await pool.end();
+      await deleteNamespace(amqpUrl, namespace).catch(() => undefined);
+      await db.drop();
+    },
+  };
+}
+
+export function report(partial: Partial<Report> & Pick<Report, 'target'>): Report {
+  return {
+    id: randomUUID(),
+    action: 'ban',
+    host: 'web1',
+    origin: 'fail2ban',
+    jail: 'sshd',
+    bantime: 3600,
+    time: new Date().toISOString(),
+    ...partial,
+  };
+}
+
+let counter = 0;
+/**
+ * A target no other test in the file uses (198.18.0.0/15 is reserved for benchmarks). Addresses ≡ 1 mod 4
+ * never merge with each other, so each stays its own line in the merged list.
+ */
+export function freshTarget(): string {
+  counter++;
+  return `198.18.${Math.floor(counter / 60)}.${(counter % 60) * 4 + 1}`;
+}
+
+/** The entries of a plain list (comment lines dropped). */
+export function entriesOf(text: string): string[] {
+  return text.split('\n').filter((l) => l !== '' && !l.startsWith('#'));
+}
+
+export function seqOf(text: string): number {
+  const m = /^# seq: (\d+)$/m.exec(text);
+  if (!m) throw new Error(`no seq header in ${text.slice(0, 200)}`);
+  return Number(m[1]);
+}
