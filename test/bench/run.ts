@@ -3,6 +3,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, type BenchRow } from './lib.js';
+import { benchAggregator } from './aggregator.js';
 import { benchBlocklist } from './blocklist.js';
 import { benchIngest, benchPersister } from './pipeline.js';
 
@@ -10,6 +11,7 @@ const PARTS: Record<string, () => Promise<BenchRow[]>> = {
   ingest: benchIngest,
   persister: benchPersister,
   blocklist: benchBlocklist,
+  aggregator: benchAggregator,
 };
 
 const wanted = process.argv.slice(2);

@@ -81,7 +81,9 @@ export function finishApp(app: Express): Express {
     if (status >= 500) {
       const error = err instanceof Error ? err : new Error(String(err));
       res.err = error;
-      if (!app.locals.requestLog) (app.locals.logger as Logger).error({ err: error }, 'request failed');
+      // An HttpError 503 is an answered state (broker away, list not built yet), not a fault.
+      if (!app.locals.requestLog && !(err instanceof HttpError))
+        (app.locals.logger as Logger).error({ err: error }, 'request failed');
     }
     for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
     res.status(status).json(body);
