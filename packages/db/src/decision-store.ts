@@ -119,7 +119,8 @@ interface DecisionDbRow {
   ban_count: number;
   reason: string | null;
 }
-interface LogDbRow {
+/** A decision_log row as selected with `target::text AS target`. */
+export interface LogDbRow {
   seq: string;
   op: 'add' | 'del';
   target: string;
@@ -130,7 +131,8 @@ interface LogDbRow {
 const DECISION_COLUMNS =
   'target::text AS target, origin, first_seen, last_seen, expires_at, reporters, ban_count, reason';
 
-function toChange(r: LogDbRow): DecisionChange {
+/** The DecisionChange a decision_log row stands for, as it travels on the stream. */
+export function logRowToChange(r: LogDbRow): DecisionChange {
   const seq = Number(r.seq);
   const target = targetFromDb(r.target);
   if (r.op === 'del') return { seq, op: 'del', target };
@@ -744,7 +746,7 @@ export class DecisionStore {
           [from, this.relayBatchSize],
         );
         if (rows.length === 0) return 0;
-        await publish(rows.map(toChange));
+        await publish(rows.map(logRowToChange));
         await client.query('UPDATE decision_relay SET published_seq = $1 WHERE id = 1', [
           rows[rows.length - 1]!.seq,
         ]);
@@ -856,7 +858,7 @@ export class DecisionStore {
        WHERE seq > $1 ORDER BY seq LIMIT $2`,
       [seq, limit],
     );
-    return rows.map(toChange);
+    return rows.map(logRowToChange);
   }
 
   async lastSeq(): Promise<number> {

@@ -2,6 +2,7 @@
 // applied on top in seq order. Gaps (a purged queue, messages lost before the queue was bound) are filled
 // from decision_log; when the log no longer holds them, the snapshot is read again.
 import type pg from 'pg';
+import { logRowToChange, type LogDbRow } from '@banbus/db';
 import { targetFromDb, type DecisionChange } from '@banbus/core';
 
 export interface DecisionEntry {
@@ -57,10 +58,6 @@ interface DecisionDbRow {
   expires_at: Date | null;
   reason: string | null;
 }
-interface LogDbRow extends DecisionDbRow {
-  seq: string;
-  op: 'add' | 'del';
-}
 
 /**
  * Every decision and the seq they are complete up to, in one REPEATABLE READ transaction: seq N and the
@@ -92,19 +89,6 @@ export async function loadSnapshot(pool: pg.Pool): Promise<DecisionState> {
   } finally {
     client.release();
   }
-}
-
-export function logRowToChange(r: LogDbRow): DecisionChange {
-  const seq = Number(r.seq);
-  const target = targetFromDb(r.target);
-  if (r.op === 'del') return { seq, op: 'del', target };
-  return {
-    seq,
-    op: 'add',
-    target,
-    expires_at: r.expires_at ? r.expires_at.toISOString() : null,
-    reason: r.reason,
-  };
 }
 
 /** Logged changes with after < seq ≤ upTo, in seq order, page by page. */
