@@ -373,7 +373,10 @@ const v6Network = fc
     const start = v6ToBigInt(ip) & ~hostMask;
     const addr = bigIntToV6(start);
     let text: string;
-    if (prefix === 128 && style === 'raw') text = ip;
+    // fast-check also writes IPv4-compatible forms such as '::0.0.0.0', which ipaddr.js (behind
+    // v6ToBigInt) reads as mapped (::ffff:0.0.0.0) while RFC 4291 and cidr-tools read them as ::; the
+    // references disagree there, so those raw texts are left to the table tests.
+    if (prefix === 128 && style === 'raw' && !ip.includes('.')) text = ip;
     else text = `${style === 'full' ? addr.toNormalizedString() : addr.toRFC5952String()}/${prefix}`;
     return { text, family: 6 as const, start, end: start | hostMask, prefix, addr };
   });
