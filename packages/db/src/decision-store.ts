@@ -165,38 +165,14 @@ const DECISION_TX_START =
 /** The decision lock (see the top of this file), sent with DECISION_TX_START: one round trip for both. */
 const DECISION_LOCK = 'SELECT last, clock_timestamp() AS now FROM decision_seq WHERE id = 1 FOR UPDATE';
 
-async function inTransaction<T>(
-  pool: pg.Pool,
-  work: (client: pg.PoolClient) => Promise<T>,
-  begin = 'BEGIN',
-): Promise<T> {
-  const client = await pool.connect();
-  let broken = false;
-  try {
-    await client.query(begin);
-    const result = await work(client);
-    await client.query('COMMIT');
-    return result;
-  } catch (err) {
-    try {
-      await client.query('ROLLBACK');
-    } catch {
-      // The connection is gone; do not return it to the pool.
-      broken = true;
-    }
-    throw err;
-  } finally {
-    client.release(broken);
-  }
-}
-
 /**
- * Runs `work` in a transaction that holds the decision lock; `now` is the database clock read under it.
- * `ready`, when given, is awaited after connecting and before the lock is asked for (see TurnQueue).
+ * Runs `work` in a transaction opened by `begin` (which may carry more statements; their results are
+ * passed on). `ready`, when given, is awaited after connecting and before `begin` is sent.
  */
-async function inDecisionTransaction<T>(
+async function inTransaction<T, B = unknown>(
   pool: pg.Pool,
-  work: (client: pg.PoolClient, now: Date) => Promise<T>,
+  begin: string,
+  work: (client: pg.PoolClient, begun: B) => Promise<T>,
   ready?: Promise<void>,
 ): Promise<T> {
   const client = await pool.connect();
@@ -205,11 +181,7 @@ async function inDecisionTransaction<T>(
   try {
     await ready;
     begun = true;
-    // A multi-statement string answers with one result per statement: the lock's is the last.
-    const results = (await client.query(
-      `${DECISION_TX_START}; ${DECISION_LOCK}`,
-    )) as unknown as pg.QueryResult<{ last: string; now: Date }>[];
-    const result = await work(client, results[results.length - 1]!.rows[0]!.now);
+    const result = await work(client, (await client.query(begin)) as unknown as B);
     await client.query('COMMIT');
     return result;
   } catch (err) {
@@ -225,6 +197,24 @@ async function inDecisionTransaction<T>(
   } finally {
     client.release(broken);
   }
+}
+
+/**
+ * Runs `work` in a transaction that holds the decision lock; `now` is the database clock read under it.
+ * `ready`, when given, is awaited after connecting and before the lock is asked for (see TurnQueue).
+ */
+function inDecisionTransaction<T>(
+  pool: pg.Pool,
+  work: (client: pg.PoolClient, now: Date) => Promise<T>,
+  ready?: Promise<void>,
+): Promise<T> {
+  // A multi-statement string answers with one result per statement: the lock's is the last.
+  return inTransaction<T, pg.QueryResult<{ last: string; now: Date }>[]>(
+    pool,
+    `${DECISION_TX_START}; ${DECISION_LOCK}`,
+    (client, results) => work(client, results[results.length - 1]!.rows[0]!.now),
+    ready,
+  );
 }
 
 /**
@@ -727,14 +717,14 @@ export class DecisionStore {
 
   /**
    * Publishes unpublished decision_log rows in seq order through `publish` (which must resolve only once
-   * the broker confirmed them) and marks them published; repeats until none is left. One relay at a time
-   * across all processes (advisory lock). A crash between publish and commit republishes: consumers
-   * apply each seq once. Returns the number of changes published.
+   * the broker confirmed them) and moves the decision_relay cursor past them; repeats until none is left.
+   * One relay at a time across all processes (the cursor's row lock). A crash between publish and commit
+   * republishes: consumers apply each seq once. Returns the number of changes published.
    */
   async relay(publish: (changes: DecisionChange[]) => Promise<void>): Promise<number> {
     let total = 0;
     for (;;) {
-      const published = await inTransaction(this.pool, async (client) => {
+      const published = await inTransaction(this.pool, 'BEGIN', async (client) => {
         // The cursor's row lock is the relay lock: a second relay waits here, then starts after our rows.
         const cursor = await client.query<{ published_seq: string }>(
           'SELECT published_seq FROM decision_relay WHERE id = 1 FOR UPDATE',

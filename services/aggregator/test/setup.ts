@@ -1,40 +1,29 @@
-// Wiring for the aggregator's integration tests: an own database and namespace, a real persister making
-// decisions from published reports, and aggregators started on demand (each with its own bus and pool).
-import { randomUUID } from 'node:crypto';
+// Wiring for the aggregator's integration tests: the shared pipeline world (own database and namespace,
+// a real persister making decisions from published reports) plus aggregators started on demand, each
+// with its own bus and pool.
 import type pg from 'pg';
 import {
   AggregatorEnvSchema,
   parseEnv,
-  PersisterEnvSchema,
   type AggregatorEnv,
   type DecisionChange,
   type Report,
 } from '@banbus/core';
 import { Bus } from '@banbus/bus';
 import { createPool, HostRepository } from '@banbus/db';
-import { createLogger, createRegistry, type Logger, type Registry } from '@banbus/runtime';
-import { startPersister, type PersisterRunning } from '@banbus/persister';
+import { createRegistry, type Registry } from '@banbus/runtime';
+import type { PersisterRunning } from '@banbus/persister';
 import {
-  amqpTestUrl,
-  createTestDatabase,
-  deleteNamespace,
-  DecisionListener,
-  testNamespace,
-  type TestDatabase,
-} from '../../../test/harness/index.js';
+  createWorld as createPipelineWorld,
+  type World as PipelineWorld,
+} from '../../../test/harness/world.js';
 import { startAggregator, type AggregatorRunning } from '../src/index.js';
+
+export { report } from '../../../test/harness/world.js';
 
 export type TestAggregator = AggregatorRunning & { bus: Bus; pool: pg.Pool; registry: Registry; url: string };
 
-export interface World {
-  db: TestDatabase;
-  amqpUrl: string;
-  namespace: string;
-  logger: Logger;
-  pool: pg.Pool;
-  /** Publishes reports. */
-  bus: Bus;
-  listener: DecisionListener;
+export interface World extends Omit<PipelineWorld, 'start' | 'config' | 'close'> {
   persister: PersisterRunning;
   tokens: { read: string; report: string; admin: string };
   startAggregator(overrides?: Partial<AggregatorEnv>): Promise<TestAggregator>;
@@ -44,33 +33,9 @@ export interface World {
 }
 
 export async function createWorld(): Promise<World> {
-  const db = await createTestDatabase();
-  const amqpUrl = await amqpTestUrl();
-  const namespace = testNamespace();
-  const logger = createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
-  const pool = createPool(db.url, { logger });
-  const bus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
-  const listener = await DecisionListener.start(amqpUrl, namespace);
-  const persisterBus = await Bus.connect({
-    url: amqpUrl,
-    namespace,
-    logger,
-    registry: createRegistry(false),
-  });
-  const persisterPool = createPool(db.url, { logger });
-  const persister = await startPersister({
-    config: parseEnv(PersisterEnvSchema, {
-      DATABASE_URL: db.url,
-      AMQP_URL: amqpUrl,
-      BANBUS_NAMESPACE: namespace,
-      LOG_LEVEL: 'silent',
-      PERSISTER_PORT: '0',
-    }),
-    logger,
-    registry: createRegistry(false),
-    pool: persisterPool,
-    bus: persisterBus,
-  });
+  const base = await createPipelineWorld();
+  const { db, amqpUrl, namespace, logger, pool, bus, listener } = base;
+  const persister = await base.start();
   const hosts = new HostRepository(pool);
   const tokens = {
     read: (await hosts.add('reader', ['read'])).token,
@@ -132,28 +97,8 @@ export async function createWorld(): Promise<World> {
     },
     async close() {
       for (const r of running.reverse()) await r.stop().catch(() => undefined);
-      await persister.stop().catch(() => undefined);
-      await persisterBus.close().catch(() => undefined);
-      await persisterPool.end().catch(() => undefined);
-      await listener.close();
-      await bus.close();
-      await pool.end();
-      await deleteNamespace(amqpUrl, namespace).catch(() => undefined);
-      await db.drop();
+      await base.close();
     },
-  };
-}
-
-export function report(partial: Partial<Report> & Pick<Report, 'target'>): Report {
-  return {
-    id: randomUUID(),
-    action: 'ban',
-    host: 'web1',
-    origin: 'fail2ban',
-    jail: 'sshd',
-    bantime: 3600,
-    time: new Date().toISOString(),
-    ...partial,
   };
 }
 

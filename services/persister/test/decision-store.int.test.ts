@@ -5,7 +5,7 @@ import { parseEnv, PersisterEnvSchema, policyFromEnv } from '@banbus/core';
 import { AllowlistRepository, createPool, DecisionStore } from '@banbus/db';
 import { createTestDatabase, type TestDatabase } from '../../../test/harness/index.js';
 import { engineRules } from '../src/engine.js';
-import { report } from './setup.js';
+import { report } from '../../../test/harness/world.js';
 
 // The store without a broker: SQL paths the service tests reach only by chance.
 describe('DecisionStore', () => {

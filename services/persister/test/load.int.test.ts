@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { waitFor } from '../../../test/harness/index.js';
 import type { Report } from '@banbus/core';
-import { createWorld, report, type World } from './setup.js';
+import { createWorld, report, type World } from '../../../test/harness/world.js';
 
 // Two persisters on one queue and one database: the decision lock must keep seqs gap-free and in commit
 // order, and the relay must publish them in order, whichever persister commits or relays.

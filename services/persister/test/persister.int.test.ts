@@ -5,7 +5,7 @@ import { AllowlistRepository } from '@banbus/db';
 import { REASON_HEADER } from '@banbus/bus';
 import type { DecisionChange } from '@banbus/core';
 import { waitFor } from '../../../test/harness/index.js';
-import { createWorld, freshTarget, report, type World } from './setup.js';
+import { createWorld, freshTarget, report, type World } from '../../../test/harness/world.js';
 
 describe('persister', () => {
   let world: World;

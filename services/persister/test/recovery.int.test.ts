@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { policyFromEnv } from '@banbus/core';
 import { DecisionStore } from '@banbus/db';
 import { engineRules } from '../src/engine.js';
-import { createWorld, report, type World } from './setup.js';
+import { createWorld, report, type World } from '../../../test/harness/world.js';
 
 let world: World;
 before(async () => {

@@ -1,4 +1,7 @@
-// Shared wiring for the persister's integration tests: a database and a namespace of their own.
+// A pipeline for integration tests: a database and a namespace of their own, a bus to publish reports,
+// a listener on the decision stream, and persisters started on demand (each with its own bus and pool).
+// Used by the persister's and the aggregator's tests; not re-exported from index.ts, so tests that do not
+// need a persister do not load one.
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { parseEnv, PersisterEnvSchema, type PersisterEnv, type Report } from '@banbus/core';
@@ -12,8 +15,8 @@ import {
   DecisionListener,
   testNamespace,
   type TestDatabase,
-} from '../../../test/harness/index.js';
-import { startPersister, type PersisterRunning } from '../src/index.js';
+} from './index.js';
+import { startPersister, type PersisterRunning } from '@banbus/persister';
 
 export interface World {
   db: TestDatabase;
