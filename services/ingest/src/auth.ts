@@ -1,7 +1,7 @@
-// Bearer tokens → hosts. Every report costs a token check, so lookups are cached by the token's hash;
-// the cache also keeps ingest answering while PostgreSQL is briefly away (stale-if-error), because a
+// Bearer tokens → hosts. Every report costs a token check, so lookups are cached (keyed by the token
+// itself: hashing it on every hit cost ingest a few percent per report; only the database needs the
+// hash, and HostRepository computes it there). The cache also keeps ingest answering while PostgreSQL is briefly away (stale-if-error), because a
 // fail2ban host forgets a ban whose actionban failed twice.
-import { createHash } from 'node:crypto';
 import { HttpError, type Logger } from '@banbus/runtime';
 import type { Scope } from '@banbus/core';
 
@@ -78,26 +78,25 @@ export class TokenAuthenticator<H extends AuthHost = AuthHost> {
   async authenticate(token: string | undefined): Promise<H> {
     if (token === undefined || token === '') throw unauthorized('a token is required', false);
     if (!TOKEN_SHAPE.test(token)) throw unauthorized('the token is malformed', true);
-    const key = createHash('sha256').update(token).digest('hex');
-    const entry = await this.lookup(key, token);
+    const entry = await this.lookup(token);
     if (entry.host === null) throw unauthorized('the token is not known', true);
     if (entry.host.revokedAt !== null) throw unauthorized('the token was revoked', true);
     this.seen.add(entry.host.name);
     return entry.host;
   }
 
-  private async lookup(key: string, token: string): Promise<Entry<H>> {
-    const cached = this.known.get(key) ?? this.unknown.get(key);
+  private lookup(token: string): Promise<Entry<H>> | Entry<H> {
+    const cached = this.known.get(token) ?? this.unknown.get(token);
     if (cached && this.now() - cached.fetchedAt < this.ttlMs) return cached;
-    let pending = this.inflight.get(key);
+    let pending = this.inflight.get(token);
     if (!pending) {
-      pending = this.fetch(key, token, cached).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, pending);
+      pending = this.fetch(token, cached).finally(() => this.inflight.delete(token));
+      this.inflight.set(token, pending);
     }
     return pending;
   }
 
-  private async fetch(key: string, token: string, stale: Entry<H> | undefined): Promise<Entry<H>> {
+  private async fetch(token: string, stale: Entry<H> | undefined): Promise<Entry<H>> {
     let host: H | null;
     try {
       host = await this.options.hosts.findByToken(token);
@@ -116,12 +115,12 @@ export class TokenAuthenticator<H extends AuthHost = AuthHost> {
     }
     const entry: Entry<H> = { host, fetchedAt: this.now() };
     if (host) {
-      this.unknown.delete(key);
-      this.known.set(key, entry);
+      this.unknown.delete(token);
+      this.known.set(token, entry);
     } else {
-      this.known.delete(key);
-      this.unknown.delete(key);
-      this.unknown.set(key, entry);
+      this.known.delete(token);
+      this.unknown.delete(token);
+      this.unknown.set(token, entry);
       // Map iteration is insertion order: the first key is the oldest.
       while (this.unknown.size > this.maxUnknown) this.unknown.delete(this.unknown.keys().next().value!);
     }

@@ -17,18 +17,43 @@ interface Pending {
  * rate and leaves the broker's share of the CPU to ingest; when idle, a group is one request and
  * costs nothing extra (flushing waits for no timer, only for the current turn to end).
  */
+export interface CoalescingOptions {
+  /** Largest group; a turn that gathers more is published in several. */
+  maxReports?: number;
+  /** Groups waiting for their confirm at once; requests arriving beyond that join the next group. */
+  maxInFlight?: number;
+  /**
+   * Longest wait for a group's confirm before its requests are failed (answered 503). One timer per
+   * group, not per request: a timer per request cost ingest measurable CPU per report.
+   */
+  timeoutMs?: number;
+}
+
+/** A group that neither confirmed nor failed in time. */
+export class ConfirmTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`no broker confirm within ${ms} ms`);
+    this.name = 'ConfirmTimeoutError';
+  }
+}
+
 export class CoalescingPublisher implements ReportPublisher {
   private pending: Pending[] = [];
   private scheduled = false;
   private inFlight = 0;
 
+  private readonly maxReports: number;
+  private readonly maxInFlight: number;
+  private readonly timeoutMs: number;
+
   constructor(
     private readonly target: ReportPublisher,
-    /** Largest group; a turn that gathers more is published in several. */
-    private readonly maxReports = 5000,
-    /** Groups waiting for their confirm at once; requests arriving beyond that join the next group. */
-    private readonly maxInFlight = 2,
-  ) {}
+    options: CoalescingOptions = {},
+  ) {
+    this.maxReports = options.maxReports ?? 5000;
+    this.maxInFlight = options.maxInFlight ?? 2;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+  }
 
   get connected(): boolean {
     return this.target.connected;
@@ -68,15 +93,23 @@ export class CoalescingPublisher implements ReportPublisher {
   private publish(group: Pending[]): void {
     const reports = group.length === 1 ? group[0]!.reports : group.flatMap((p) => p.reports);
     this.inFlight += 1;
-    this.target
-      .publishReports(reports)
-      .then(
-        () => group.forEach((p) => p.resolve()),
-        (err: unknown) => group.forEach((p) => p.reject(err)),
-      )
-      .finally(() => {
-        this.inFlight -= 1;
-        this.schedule();
-      });
+    let settled = false;
+    // The first of confirm, failure or deadline answers the group; a confirm arriving after the
+    // deadline changes nothing (the clients already heard 503 and will retry: report ids keep that
+    // idempotent).
+    const settle = (err: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err === undefined) for (const p of group) p.resolve();
+      else for (const p of group) p.reject(err);
+      this.inFlight -= 1;
+      this.schedule();
+    };
+    const timer = setTimeout(() => settle(new ConfirmTimeoutError(this.timeoutMs)), this.timeoutMs);
+    this.target.publishReports(reports).then(
+      () => settle(undefined),
+      (err: unknown) => settle(err ?? new Error('publish failed')),
+    );
   }
 }

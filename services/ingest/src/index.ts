@@ -10,7 +10,6 @@ import { createIngestApp } from './app.js';
 import { TokenAuthenticator } from './auth.js';
 import { AllowlistCache } from './checks.js';
 import { ReportRateLimiter } from './rate.js';
-import { CoalescingPublisher } from './coalesce.js';
 
 export { createIngestApp, toReport, type IngestAppOptions, type ReportPublisher } from './app.js';
 export { parseReportBody, parseCompatQuery, type ReportInput } from './parse.js';
@@ -49,7 +48,7 @@ export async function startIngest(deps: IngestDeps): Promise<Running & { port: n
   const app = createIngestApp({
     logger,
     registry,
-    bus: new CoalescingPublisher(bus),
+    bus,
     auth,
     allowlist,
     limiter: new ReportRateLimiter(config.INGEST_RATE_LIMIT, config.INGEST_RATE_BURST),

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import type { Report } from '@banbus/core';
-import { CoalescingPublisher } from '../src/coalesce.js';
+import { waitFor } from '../../../test/harness/wait.js';
+import { CoalescingPublisher, ConfirmTimeoutError } from '../src/coalesce.js';
 
 function report(n: number): Report {
   return {
@@ -64,7 +65,7 @@ test('a failed publish fails every request of its group', async () => {
 
 test('groups stay under the size bound without splitting a request', async () => {
   const bus = new RecordingBus();
-  const publisher = new CoalescingPublisher(bus, 3);
+  const publisher = new CoalescingPublisher(bus, { maxReports: 3 });
   const requests = [
     [report(1), report(2)],
     [report(3), report(4)],
@@ -99,7 +100,7 @@ test('a later turn starts a new group', async () => {
 
 test('while groups wait for their confirm, new requests gather into the next group', async () => {
   const bus = new RecordingBus();
-  const publisher = new CoalescingPublisher(bus, 5000, 1);
+  const publisher = new CoalescingPublisher(bus, { maxInFlight: 1 });
   const first = publisher.publishReports([report(1)]);
   await new Promise((r) => setImmediate(r));
   const later = [2, 3, 4].map(async (n) => {
@@ -118,4 +119,18 @@ test('while groups wait for their confirm, new requests gather into the next gro
   );
   bus.confirmAll();
   await Promise.all(later);
+});
+
+test('a group without a confirm in time fails its requests, and frees its slot for the next group', async () => {
+  const bus = new RecordingBus();
+  const publisher = new CoalescingPublisher(bus, { maxInFlight: 1, timeoutMs: 50 });
+  const hung = publisher.publishReports([report(1)]).catch((err: unknown) => err);
+  await new Promise((r) => setImmediate(r));
+  const next = publisher.publishReports([report(2)]);
+  const err = await hung;
+  assert.ok(err instanceof ConfirmTimeoutError, 'the hung group is answered with the timeout');
+  // The next group goes out once the hung one gave up its slot, and is answered by its own confirm.
+  await waitFor(() => bus.calls.length === 2, { what: 'the next group published' });
+  bus.confirmAll();
+  await next;
 });
