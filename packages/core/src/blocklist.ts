@@ -1,13 +1,14 @@
 // Merged blocklists: the decision set folded into the fewest CIDRs that cover exactly the same addresses,
 // and rendered for the tools that load it (pfSense/OPNsense URL tables, nft, ipset, JSON clients).
 //
-// Hand-written because it runs on every rebuild at up to 1M decisions. Targets are parsed straight into typed
-// arrays (IPv4 start as uint32, IPv6 as four uint32 words, prefix as a byte) and sorted (IPv4: radix sort of
-// the columns; IPv6: an index permutation), so there are no per-target objects. A target that ends up alone in its
-// merged range is emitted as its own (canonical) input string: formatting addresses is the costly part, and
-// with random bans almost every entry stays alone, so the output shares the input's strings.
+// Hand-written because it runs on every rebuild at up to 1M decisions. Targets live in typed columns (IPv4
+// start as uint32, IPv6 as four uint32 words, prefix as a byte) and are sorted there (IPv4: radix sort;
+// IPv6: an index permutation), so there are no per-target objects. The merged result stays in columns too
+// (MergedRanges) and is rendered straight into bytes: the aggregator holds 1M entries as a few megabytes
+// instead of a million strings. mergeTargets is the same merge for callers with texts: a target that ends
+// up alone in its merged range comes back as its own input string.
 
-import { formatV6, parseTarget } from './address.js';
+import { parseTarget } from './address.js';
 
 /** Canonical CIDR texts (single hosts without "/32" or "/128", as core writes targets), sorted by address. */
 export interface MergedBlocklist {
@@ -15,12 +16,29 @@ export interface MergedBlocklist {
   v6: string[];
 }
 
+/**
+ * One family's CIDRs as columns: entry i starts at words[i] (IPv4) or words[4i..4i+3] (IPv6, most
+ * significant word first) and has prefix prefixes[i]. Once merged: sorted, disjoint, not adjacent-mergeable.
+ */
+export interface FamilyRanges {
+  size: number;
+  words: Uint32Array;
+  prefixes: Uint8Array;
+}
+
+export interface MergedRanges {
+  v4: FamilyRanges;
+  v6: FamilyRanges;
+}
+
 export type BlocklistFormat = 'plain' | 'nftables' | 'ipset' | 'json';
 
 export const BLOCKLIST_FORMATS: readonly BlocklistFormat[] = ['plain', 'nftables', 'ipset', 'json'];
 
+export type BlocklistFamily = 4 | 6 | 'all';
+
 export interface RenderOptions {
-  family: 4 | 6 | 'all';
+  family: BlocklistFamily;
   format: BlocklistFormat;
   generatedAt: Date;
   seq: number;
@@ -32,14 +50,38 @@ export interface RenderOptions {
 }
 
 const TWO_32 = 0x1_0000_0000;
+/** scanTarget's result flag for IPv6. */
+export const TARGET_V6 = 0x100;
+/** A merged entry that is not one input target unchanged (mergeTargets formats it). */
+const NO_REF = -0x8000_0000;
 
-/** Growable column store of one family's targets. */
-class Columns {
+/**
+ * Reads a target (core's canonical text; other spellings go through parseTarget) into `words` at `at`: IPv4
+ * one word, IPv6 four. Returns its prefix, with TARGET_V6 set for IPv6. Throws TargetError on something
+ * that is not a target. IPv4-mapped IPv6 is IPv4.
+ */
+export function scanTarget(text: string, words: Uint32Array, at = 0): number {
+  let prefix = scanV4(text, words, at);
+  if (prefix >= 0) return prefix;
+  prefix = scanV6(text, words, at, SCRATCH_GROUPS);
+  if (prefix >= 0) return TARGET_V6 | prefix;
+  const target = parseTarget(text);
+  if (target.family === 4) {
+    words[at] = Number(target.start);
+    return target.prefix;
+  }
+  for (let w = 0; w < 4; w++) words[at + w] = Number((target.start >> BigInt(96 - 32 * w)) & 0xffffffffn);
+  return TARGET_V6 | target.prefix;
+}
+
+const SCRATCH_GROUPS = new Array<number>(8).fill(0);
+
+/** Growable columns of one family's targets, with where each target's text is (for mergeTargets). */
+class Columns implements FamilyRanges {
   size = 0;
-  /** IPv4: one word per target; IPv6: four (most significant first). */
   words: Uint32Array;
   prefixes: Uint8Array;
-  /** Where each target's canonical text is: ≥ 0 an index into the input, < 0 `~index` into `normalized`. */
+  /** ≥ 0 an index into the input, < 0 `~index` into `normalized`. */
   refs: Int32Array;
   readonly normalized: string[] = [];
 
@@ -53,19 +95,24 @@ class Columns {
     this.refs = new Int32Array(capacity);
   }
 
-  /** Slot of a new target (the caller fills in its words and prefix) whose text is input[ref] or `text`. */
-  add(ref: number, text?: string): number {
+  /** Makes room for one more target and returns its slot (words at slot * wordsPerTarget). */
+  reserve(): number {
     if (this.size === this.prefixes.length) {
       this.words = grow(this.words, new Uint32Array(this.words.length * 2));
       this.prefixes = grow(this.prefixes, new Uint8Array(this.prefixes.length * 2));
       this.refs = grow(this.refs, new Int32Array(this.refs.length * 2));
     }
-    this.refs[this.size] = text === undefined ? ref : ~(this.normalized.push(text) - 1);
-    return this.size++;
+    return this.size;
   }
 
-  text(slot: number): string {
-    const ref = this.refs[slot]!;
+  /** Commits the reserved slot with prefix `prefix`, whose text is input[ref] or `text`. */
+  commit(prefix: number, ref: number, text?: string): void {
+    this.prefixes[this.size] = prefix;
+    this.refs[this.size] = text === undefined ? ref : ~(this.normalized.push(text) - 1);
+    this.size++;
+  }
+
+  text(ref: number): string {
     return ref >= 0 ? this.input[ref]! : this.normalized[~ref]!;
   }
 }
@@ -87,44 +134,97 @@ export function mergeTargets(targets: Iterable<string>): MergedBlocklist {
     : Array.from(targets);
   const v4 = new Columns(input, 1, Math.max(16, input.length));
   const v6 = new Columns(input, 4, 1024);
-  const groups = new Array<number>(8).fill(0);
+  const g = SCRATCH_GROUPS;
 
   for (let k = 0; k < input.length; k++) {
     const text = input[k]!;
-    if (addV4(v4, text, k) || addV6(v6, text, k, groups)) continue;
+    let prefix = scanV4(text, v4.words, v4.reserve());
+    if (prefix >= 0) {
+      v4.commit(prefix, k);
+      continue;
+    }
+    prefix = scanV6(text, v6.words, 4 * v6.reserve(), g);
+    if (prefix >= 0) {
+      const address = formatGroups(g);
+      const canonical = prefix === 128 ? address : `${address}/${prefix}`;
+      v6.commit(prefix, k, canonical === text ? undefined : canonical);
+      continue;
+    }
     // Not in canonical form (or IPv4-mapped): the strict parser decides, and folds mapped IPv6 into IPv4.
     const target = parseTarget(text);
-    if (target.family === 4) {
-      const i = v4.add(k, target.text);
-      v4.words[i] = Number(target.start);
-      v4.prefixes[i] = target.prefix;
-    } else {
-      const i = v6.add(k, target.text);
-      for (let w = 0; w < 4; w++)
-        v6.words[4 * i + w] = Number((target.start >> BigInt(96 - 32 * w)) & 0xffffffffn);
-      v6.prefixes[i] = target.prefix;
-    }
+    const columns = target.family === 4 ? v4 : v6;
+    const at = columns.reserve() * columns.wordsPerTarget;
+    scanTarget(target.text, columns.words, at);
+    columns.commit(target.prefix, k, target.text);
   }
 
-  return { v4: mergeV4(v4), v6: mergeV6(v6) };
+  const m4 = mergeV4(v4, v4.refs);
+  const m6 = mergeV6(v6, v6.refs);
+  return { v4: textsOf(m4, v4, 4), v6: textsOf(m6, v6, 6) };
 }
 
-/** Splits a list into consecutive parts of at most `max` entries; an empty list is one empty part. */
-export function splitParts(cidrs: readonly string[], max: number): string[][] {
+/**
+ * The minimal CIDR cover of each family's targets, as columns. The inputs' columns are only read; a
+ * target's words must have its host bits clear (as scanTarget writes them).
+ */
+export function mergeRanges(v4: FamilyRanges, v6: FamilyRanges): MergedRanges {
+  return { v4: mergeV4(v4, null).ranges, v6: mergeV6(v6, null).ranges };
+}
+
+/** The entries of `family` in list order (IPv4 before IPv6). */
+export function rangeCount(ranges: MergedRanges, family: BlocklistFamily): number {
+  return (family === 6 ? 0 : ranges.v4.size) + (family === 4 ? 0 : ranges.v6.size);
+}
+
+/** Entries [from, to) of `family`'s list (IPv4 first, then IPv6), as views: for max/part splitting. */
+export function sliceRanges(
+  ranges: MergedRanges,
+  family: BlocklistFamily,
+  from: number,
+  to: number,
+): MergedRanges {
+  const n4 = family === 6 ? 0 : ranges.v4.size;
+  const n6 = family === 4 ? 0 : ranges.v6.size;
+  const view = (r: FamilyRanges, wordsPer: number, a: number, b: number): FamilyRanges => {
+    const lo = Math.max(0, Math.min(a, b));
+    const hi = Math.max(lo, b);
+    return {
+      size: hi - lo,
+      words: r.words.subarray(lo * wordsPer, hi * wordsPer),
+      prefixes: r.prefixes.subarray(lo, hi),
+    };
+  };
+  return {
+    v4: view(ranges.v4, 1, Math.min(from, n4), Math.min(to, n4)),
+    v6: view(ranges.v6, 4, Math.max(0, from - n4), Math.max(0, Math.min(to, n4 + n6) - n4)),
+  };
+}
+
+/** The canonical CIDR text of entry i of one family's columns. */
+export function rangeText(ranges: FamilyRanges, family: 4 | 6, i: number): string {
+  return entryText(family, ranges.words, ranges.prefixes, i);
+}
+
+/**
+ * How many parts of at most `max` entries a list of `count` has. An empty list is one empty part, so part 1
+ * of an empty list exists and reads as "nothing banned".
+ */
+export function partCount(count: number, max: number): number {
   if (!Number.isSafeInteger(max) || max < 1) {
     throw new RangeError(`max must be a positive integer, not ${String(max)}`);
   }
-  // One empty part rather than none, so part 1 of an empty list exists and reads as "nothing banned".
-  if (cidrs.length === 0) return [[]];
-  const parts: string[][] = [];
-  for (let i = 0; i < cidrs.length; i += max) parts.push(cidrs.slice(i, i + max));
-  return parts;
+  return Math.max(1, Math.ceil(count / max));
 }
 
 /** The list as a file for its consumer; see BlocklistFormat. Ends with a newline. */
 export function renderBlocklist(list: MergedBlocklist, options: RenderOptions): string {
-  const v4 = options.family === 6 ? null : list.v4;
-  const v6 = options.family === 4 ? null : list.v6;
+  return new TextDecoder().decode(renderRanges(rangesOfTexts(list), options));
+}
+
+/** renderBlocklist for merged columns, straight into bytes (ASCII). */
+export function renderRanges(ranges: MergedRanges, options: RenderOptions): Uint8Array {
+  const v4 = options.family === 6 ? null : ranges.v4;
+  const v6 = options.family === 4 ? null : ranges.v6;
   const name = options.setName ?? 'banbus';
   switch (options.format) {
     case 'plain':
@@ -142,15 +242,35 @@ export function renderBlocklist(list: MergedBlocklist, options: RenderOptions): 
   }
 }
 
+/** Columns of already merged texts (no merging: the order and entries are kept). */
+function rangesOfTexts(list: MergedBlocklist): MergedRanges {
+  const columns = (texts: readonly string[], wordsPer: 1 | 4): FamilyRanges => {
+    const r: FamilyRanges = {
+      size: texts.length,
+      words: new Uint32Array(texts.length * wordsPer),
+      prefixes: new Uint8Array(texts.length),
+    };
+    texts.forEach((text, i) => {
+      const scanned = scanTarget(text, r.words, i * wordsPer);
+      if ((scanned & TARGET_V6) !== (wordsPer === 4 ? TARGET_V6 : 0)) {
+        throw new RangeError(`${text} is not an IPv${wordsPer === 4 ? 6 : 4} entry`);
+      }
+      r.prefixes[i] = scanned & 0xff;
+    });
+    return r;
+  };
+  return { v4: columns(list.v4, 1), v6: columns(list.v6, 4) };
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 
 /**
- * Adds a strict "a.b.c.d" or "a.b.c.d/p" (no leading zeros, host bits clear) and returns true, or returns
- * false for anything else (left to parseTarget).
+ * Reads a strict "a.b.c.d" or "a.b.c.d/p" (no leading zeros, host bits clear) into out[0] and returns its
+ * prefix, or returns -1 for anything else (left to parseTarget).
  */
-function addV4(columns: Columns, s: string, ref: number): boolean {
+function scanV4(s: string, out: Uint32Array, at: number): number {
   const n = s.length;
-  if (n < 7 || n > 18) return false;
+  if (n < 7 || n > 18) return -1;
   let value = 0;
   let octet = 0;
   let digits = 0;
@@ -159,11 +279,11 @@ function addV4(columns: Columns, s: string, ref: number): boolean {
   for (; i < n; i++) {
     const c = s.charCodeAt(i);
     if (c >= 48 && c <= 57) {
-      if (digits === 1 && octet === 0) return false; // leading zero
+      if (digits === 1 && octet === 0) return -1; // leading zero
       octet = octet * 10 + (c - 48);
-      if (++digits > 3 || octet > 255) return false;
+      if (++digits > 3 || octet > 255) return -1;
     } else if (c === 46) {
-      if (digits === 0 || dots === 3) return false;
+      if (digits === 0 || dots === 3) return -1;
       value = value * 256 + octet;
       octet = 0;
       digits = 0;
@@ -171,40 +291,39 @@ function addV4(columns: Columns, s: string, ref: number): boolean {
     } else if (c === 47) {
       break;
     } else {
-      return false;
+      return -1;
     }
   }
-  if (digits === 0 || dots !== 3) return false;
+  if (digits === 0 || dots !== 3) return -1;
   value = value * 256 + octet;
   let prefix = 32;
   if (i < n) {
     // "/p": 1-2 digits, no leading zero, ≤ 31 ("/32" is not canonical), host bits clear.
     const left = n - i - 1;
-    if (left < 1 || left > 2) return false;
+    if (left < 1 || left > 2) return -1;
     const d0 = s.charCodeAt(i + 1) - 48;
-    if (d0 < 0 || d0 > 9) return false;
+    if (d0 < 0 || d0 > 9) return -1;
     prefix = d0;
     if (left === 2) {
       const d1 = s.charCodeAt(i + 2) - 48;
-      if (d0 === 0 || d1 < 0 || d1 > 9) return false;
+      if (d0 === 0 || d1 < 0 || d1 > 9) return -1;
       prefix = d0 * 10 + d1;
-      if (prefix > 31) return false;
+      if (prefix > 31) return -1;
     }
-    if (value % 2 ** (32 - prefix) !== 0) return false;
+    if (value % 2 ** (32 - prefix) !== 0) return -1;
   }
-  const slot = columns.add(ref);
-  columns.words[slot] = value;
-  columns.prefixes[slot] = prefix;
-  return true;
+  out[at] = value;
+  return prefix;
 }
 
 /**
- * Adds an IPv6 address or network written with hex groups (no embedded IPv4, not IPv4-mapped, host bits
- * clear) and returns true, or returns false (left to parseTarget). The stored text is the canonical form.
+ * Reads an IPv6 address or network written with hex groups (no embedded IPv4, not IPv4-mapped, host bits
+ * clear) into out[at..at+3] and its eight groups into g, and returns its prefix; or returns -1 (left to
+ * parseTarget).
  */
-function addV6(columns: Columns, s: string, ref: number, g: number[]): boolean {
+function scanV6(s: string, out: Uint32Array, at: number, g: number[]): number {
   const n = s.length;
-  if (n < 2 || n > 43) return false;
+  if (n < 2 || n > 43) return -1;
   let count = 0; // groups seen
   let gap = -1; // group index where "::" stands
   let group = 0;
@@ -218,51 +337,51 @@ function addV6(columns: Columns, s: string, ref: number, g: number[]): boolean {
     else if (c >= 65 && c <= 70) d = c - 55;
     else if (c === 58) {
       if (digits > 0) {
-        if (count === 8) return false;
+        if (count === 8) return -1;
         g[count++] = group;
         group = 0;
         digits = 0;
         if (i + 1 < n && s.charCodeAt(i + 1) === 58) {
-          if (gap >= 0) return false;
+          if (gap >= 0) return -1;
           gap = count;
           i++;
-        } else if (i + 1 === n) return false; // trailing single ":"
+        } else if (i + 1 === n) return -1; // trailing single ":"
       } else if (i === 0 && n > 1 && s.charCodeAt(1) === 58) {
         gap = 0;
         i++;
       } else {
-        return false;
+        return -1;
       }
       continue;
     } else if (c === 47) break;
-    else return false;
-    if (++digits > 4) return false;
+    else return -1;
+    if (++digits > 4) return -1;
     group = group * 16 + d;
   }
   if (digits > 0) {
-    if (count === 8) return false;
+    if (count === 8) return -1;
     g[count++] = group;
   }
-  if (gap < 0 ? count !== 8 : count > 7) return false;
+  if (gap < 0 ? count !== 8 : count > 7) return -1;
   if (gap >= 0) {
     // Move the groups after "::" to the end and zero the gap.
     const tail = count - gap;
     for (let k = 0; k < tail; k++) g[7 - k] = g[count - 1 - k]!;
     for (let k = gap; k < 8 - tail; k++) g[k] = 0;
   }
-  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) return false;
+  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) return -1;
 
   let prefix = 128;
   if (i < n) {
     const left = n - i - 1;
-    if (left < 1 || left > 3) return false;
+    if (left < 1 || left > 3) return -1;
     prefix = 0;
     for (let k = i + 1; k < n; k++) {
       const d = s.charCodeAt(k) - 48;
-      if (d < 0 || d > 9 || (k === i + 1 && d === 0 && left > 1)) return false;
+      if (d < 0 || d > 9 || (k === i + 1 && d === 0 && left > 1)) return -1;
       prefix = prefix * 10 + d;
     }
-    if (prefix > 128) return false;
+    if (prefix > 128) return -1;
   }
   const w0 = g[0]! * 0x10000 + g[1]!;
   const w1 = g[2]! * 0x10000 + g[3]!;
@@ -274,17 +393,13 @@ function addV6(columns: Columns, s: string, ref: number, g: number[]): boolean {
     (w2 & hostMask(prefix, 2)) |
     (w3 & hostMask(prefix, 3))
   ) {
-    return false;
+    return -1;
   }
-  const address = formatGroups(g);
-  const canonical = prefix === 128 ? address : `${address}/${prefix}`;
-  const slot = canonical === s ? columns.add(ref) : columns.add(ref, canonical);
-  columns.words[4 * slot] = w0;
-  columns.words[4 * slot + 1] = w1;
-  columns.words[4 * slot + 2] = w2;
-  columns.words[4 * slot + 3] = w3;
-  columns.prefixes[slot] = prefix;
-  return true;
+  out[at] = w0;
+  out[at + 1] = w1;
+  out[at + 2] = w2;
+  out[at + 3] = w3;
+  return prefix;
 }
 
 /** Host-bit mask of 32-bit word `w` (0 = most significant) for an IPv6 prefix. */
@@ -325,19 +440,62 @@ function formatGroups(g: readonly number[]): string {
   return out;
 }
 
+/** Merge output: growable columns, and per entry the input text it repeats (mergeTargets) or NO_REF. */
+class Output {
+  size = 0;
+  words: Uint32Array;
+  prefixes: Uint8Array;
+  refs: Int32Array | null;
+
+  constructor(
+    private readonly wordsPer: 1 | 4,
+    capacity: number,
+    withRefs: boolean,
+  ) {
+    this.words = new Uint32Array(capacity * wordsPer);
+    this.prefixes = new Uint8Array(capacity);
+    this.refs = withRefs ? new Int32Array(capacity) : null;
+  }
+
+  /** Slot of a new entry; the caller writes its words. */
+  push(prefix: number, ref: number): number {
+    if (this.size === this.prefixes.length) {
+      this.words = grow(this.words, new Uint32Array(this.words.length * 2));
+      this.prefixes = grow(this.prefixes, new Uint8Array(this.prefixes.length * 2));
+      if (this.refs) this.refs = grow(this.refs, new Int32Array(this.refs.length * 2));
+    }
+    this.prefixes[this.size] = prefix;
+    if (this.refs) this.refs[this.size] = ref;
+    return this.size++;
+  }
+
+  get ranges(): FamilyRanges {
+    return {
+      size: this.size,
+      words: this.words.subarray(0, this.size * this.wordsPer),
+      prefixes: this.prefixes.subarray(0, this.size),
+    };
+  }
+}
+
 /**
- * Sorts the IPv4 columns by start in place (their prefixes and text refs move along): a stable LSD radix sort in
+ * The IPv4 columns sorted by start, as new arrays (the input is not changed): a stable LSD radix sort in
  * three passes of 11, 11 and 10 bits, whose 2048 buckets stay in cache; the sweep then reads memory in order.
  */
-function sortV4(columns: Columns): void {
-  const n = columns.size;
-  let keys = columns.words.subarray(0, n);
-  let prefixes = columns.prefixes.subarray(0, n);
-  let refs = columns.refs.subarray(0, n);
-  let keysTo: Uint32Array = new Uint32Array(n);
-  let prefixesTo: Uint8Array = new Uint8Array(n);
-  let refsTo: Int32Array = new Int32Array(n);
+function sortV4(
+  n: number,
+  words: Uint32Array,
+  prefixes: Uint8Array,
+  refs: Int32Array | null,
+): { keys: Uint32Array; prefixes: Uint8Array; refs: Int32Array | null } {
+  const keyBuffers: [Uint32Array, Uint32Array] = [new Uint32Array(n), new Uint32Array(n)];
+  const prefixBuffers: [Uint8Array, Uint8Array] = [new Uint8Array(n), new Uint8Array(n)];
+  const refBuffers: [Int32Array, Int32Array] | null = refs ? [new Int32Array(n), new Int32Array(n)] : null;
+  let keys = words.subarray(0, n);
+  let pre = prefixes.subarray(0, n);
+  let ref = refs ? refs.subarray(0, n) : null;
   const counts = new Uint32Array(2048);
+  let target: 0 | 1 = 0;
   for (const shift of [0, 11, 22]) {
     counts.fill(0);
     for (let i = 0; i < n; i++) counts[(keys[i]! >>> shift) & 0x7ff]!++;
@@ -347,20 +505,22 @@ function sortV4(columns: Columns): void {
       counts[d] = sum;
       sum += c;
     }
+    const keysTo = keyBuffers[target];
+    const prefixesTo = prefixBuffers[target];
+    const refsTo = refBuffers ? refBuffers[target] : null;
     for (let i = 0; i < n; i++) {
       const key = keys[i]!;
       const at = counts[(key >>> shift) & 0x7ff]!++;
       keysTo[at] = key;
-      prefixesTo[at] = prefixes[i]!;
-      refsTo[at] = refs[i]!;
+      prefixesTo[at] = pre[i]!;
+      if (refsTo) refsTo[at] = ref![i]!;
     }
-    [keys, keysTo] = [keysTo, keys];
-    [prefixes, prefixesTo] = [prefixesTo, prefixes];
-    [refs, refsTo] = [refsTo, refs];
+    keys = keysTo;
+    pre = prefixesTo;
+    ref = refsTo;
+    target = target === 0 ? 1 : 0;
   }
-  columns.words = keys;
-  columns.prefixes = prefixes;
-  columns.refs = refs;
+  return { keys, prefixes: pre, refs: ref };
 }
 
 /** Addresses in an IPv4 network of each prefix length. */
@@ -372,12 +532,15 @@ function formatV4(value: number): string {
   return `${OCTETS[value >>> 24]!}.${OCTETS[(value >>> 16) & 0xff]!}.${OCTETS[(value >>> 8) & 0xff]!}.${OCTETS[value & 0xff]!}`;
 }
 
-function mergeV4(columns: Columns): string[] {
-  const out: string[] = [];
-  const n = columns.size;
+function mergeV4(input: FamilyRanges, refs: Int32Array | null): Output {
+  const n = input.size;
+  const out = new Output(1, n + 32, refs !== null);
   if (n === 0) return out;
-  sortV4(columns);
-  const { words: starts, prefixes } = columns;
+  const sorted = sortV4(n, input.words, input.prefixes, refs);
+  const { keys: starts, prefixes } = sorted;
+  const emitAlone = (i: number) => {
+    out.words[out.push(prefixes[i]!, sorted.refs ? sorted.refs[i]! : NO_REF)] = starts[i]!;
+  };
 
   let runStart = starts[0]!;
   let runEnd = runStart + V4_SIZES[prefixes[0]!]! - 1;
@@ -387,7 +550,7 @@ function mergeV4(columns: Columns): string[] {
     const start = starts[i]!;
     const end = start + V4_SIZES[prefixes[i]!]! - 1;
     if (start > runEnd + 1) {
-      if (alone >= 0) out.push(columns.text(alone));
+      if (alone >= 0) emitAlone(alone);
       else emitV4(runStart, runEnd, out);
       runStart = start;
       runEnd = end;
@@ -397,29 +560,29 @@ function mergeV4(columns: Columns): string[] {
       alone = -1;
     }
   }
-  if (alone >= 0) out.push(columns.text(alone));
+  if (alone >= 0) emitAlone(alone);
   else emitV4(runStart, runEnd, out);
   return out;
 }
 
 /** Appends the minimal CIDRs of [start, end]: at each step the largest aligned block that still fits. */
-function emitV4(start: number, end: number, out: string[]): void {
+function emitV4(start: number, end: number, out: Output): void {
   while (start <= end) {
     // Alignment of start (trailing zero bits; all 32 for 0) and the size left, as host-bit counts.
     const aligned = start === 0 ? 32 : 31 - Math.clz32(start & -start);
     const left = end - start + 1;
     const fits = left >= TWO_32 ? 32 : 31 - Math.clz32(left);
     const hostBits = aligned < fits ? aligned : fits;
-    out.push(hostBits === 0 ? formatV4(start) : `${formatV4(start)}/${32 - hostBits}`);
+    out.words[out.push(32 - hostBits, NO_REF)] = start;
     start += 2 ** hostBits;
   }
 }
 
-function mergeV6(columns: Columns): string[] {
-  const out: string[] = [];
-  const n = columns.size;
+function mergeV6(input: FamilyRanges, refs: Int32Array | null): Output {
+  const n = input.size;
+  const out = new Output(4, n + 32, refs !== null);
   if (n === 0) return out;
-  const { words, prefixes } = columns;
+  const { words, prefixes } = input;
   const order = new Uint32Array(n);
   for (let i = 0; i < n; i++) order[i] = i;
   order.sort((a, b) => {
@@ -429,6 +592,10 @@ function mergeV6(columns: Columns): string[] {
     }
     return 0;
   });
+  const emitAlone = (i: number) => {
+    const slot = out.push(prefixes[i]!, refs ? refs[i]! : NO_REF);
+    out.words.set(words.subarray(4 * i, 4 * i + 4), 4 * slot);
+  };
 
   // The current run as words: its first target's start and its end so far.
   let runFirst = order[0]!;
@@ -439,7 +606,7 @@ function mergeV6(columns: Columns): string[] {
   for (let k = 1; k < n; k++) {
     const i = order[k]!;
     if (startsAfterGap(words, i, runEnd)) {
-      if (alone >= 0) out.push(columns.text(alone));
+      if (alone >= 0) emitAlone(alone);
       else emitV6(bigOf(words, runFirst), bigEnd(runEnd), out);
       runFirst = i;
       setEnd(runEnd, words, prefixes, i);
@@ -450,7 +617,7 @@ function mergeV6(columns: Columns): string[] {
       alone = -1;
     }
   }
-  if (alone >= 0) out.push(columns.text(alone));
+  if (alone >= 0) emitAlone(alone);
   else emitV6(bigOf(words, runFirst), bigEnd(runEnd), out);
   return out;
 }
@@ -498,12 +665,13 @@ function bigEnd(end: Uint32Array): bigint {
   return bigOf(end, 0);
 }
 
-function emitV6(start: bigint, end: bigint, out: string[]): void {
+function emitV6(start: bigint, end: bigint, out: Output): void {
   while (start <= end) {
     const aligned = start === 0n ? 128 : trailingZeros(start);
     const fits = bitLength(end - start + 1n) - 1;
     const hostBits = aligned < fits ? aligned : fits;
-    out.push(hostBits === 0 ? formatV6(start) : `${formatV6(start)}/${128 - hostBits}`);
+    const at = 4 * out.push(128 - hostBits, NO_REF);
+    for (let w = 0; w < 4; w++) out.words[at + w] = Number((start >> BigInt(96 - 32 * w)) & 0xffffffffn);
     start += 1n << BigInt(hostBits);
   }
 }
@@ -527,17 +695,143 @@ function bitLength(x: bigint): number {
   return n + 32 - Math.clz32(Number(x));
 }
 
+/** The merged entries as texts: an entry that is one input target unchanged is that input's string. */
+function textsOf(merged: Output, columns: Columns, family: 4 | 6): string[] {
+  const out = new Array<string>(merged.size);
+  const { words, prefixes, refs } = merged;
+  for (let i = 0; i < merged.size; i++) {
+    const ref = refs![i]!;
+    out[i] = ref !== NO_REF ? columns.text(ref) : entryText(family, words, prefixes, i);
+  }
+  return out;
+}
+
+function entryText(family: 4 | 6, words: Uint32Array, prefixes: Uint8Array, i: number): string {
+  const prefix = prefixes[i]!;
+  if (family === 4) return prefix === 32 ? formatV4(words[i]!) : `${formatV4(words[i]!)}/${prefix}`;
+  const address = formatWords(words, 4 * i);
+  return prefix === 128 ? address : `${address}/${prefix}`;
+}
+
+/** RFC 5952 text of the IPv6 address in words[at..at+3]. */
+function formatWords(words: Uint32Array, at: number): string {
+  const g = SCRATCH_GROUPS;
+  for (let w = 0; w < 4; w++) {
+    g[2 * w] = words[at + w]! >>> 16;
+    g[2 * w + 1] = words[at + w]! & 0xffff;
+  }
+  return formatGroups(g);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
+// Rendering into bytes: every format is ASCII, and writing digits into one buffer costs a fraction of
+// building a million strings and joining them.
+
+const DIGITS = new Uint8Array(256 * 3);
+const DIGIT_COUNT = new Uint8Array(256);
+for (let i = 0; i < 256; i++) {
+  const text = String(i);
+  DIGIT_COUNT[i] = text.length;
+  for (let k = 0; k < text.length; k++) DIGITS[3 * i + k] = text.charCodeAt(k);
+}
+
+class ByteWriter {
+  private buffer: Uint8Array;
+  private length = 0;
+
+  constructor(capacity: number) {
+    this.buffer = new Uint8Array(Math.max(256, capacity));
+  }
+
+  private room(n: number): void {
+    if (this.length + n <= this.buffer.length) return;
+    let capacity = this.buffer.length * 2;
+    while (capacity < this.length + n) capacity *= 2;
+    this.buffer = grow(this.buffer, new Uint8Array(capacity));
+  }
+
+  ascii(text: string): void {
+    this.room(text.length);
+    for (let i = 0; i < text.length; i++) this.buffer[this.length++] = text.charCodeAt(i);
+  }
+
+  private octet(value: number): void {
+    const count = DIGIT_COUNT[value]!;
+    for (let k = 0; k < count; k++) this.buffer[this.length++] = DIGITS[3 * value + k]!;
+  }
+
+  /** Entry i of a family's columns, as its canonical CIDR text. */
+  entry(family: 4 | 6, ranges: FamilyRanges, i: number): void {
+    if (family === 6) {
+      this.ascii(entryText(6, ranges.words, ranges.prefixes, i));
+      return;
+    }
+    this.room(18);
+    const value = ranges.words[i]!;
+    this.octet(value >>> 24);
+    this.buffer[this.length++] = 46;
+    this.octet((value >>> 16) & 0xff);
+    this.buffer[this.length++] = 46;
+    this.octet((value >>> 8) & 0xff);
+    this.buffer[this.length++] = 46;
+    this.octet(value & 0xff);
+    const prefix = ranges.prefixes[i]!;
+    if (prefix !== 32) {
+      this.buffer[this.length++] = 47;
+      this.octet(prefix);
+    }
+  }
+
+  /** Every entry, each as `before` + entry + `after`, with `between` between entries. */
+  entries(family: 4 | 6, ranges: FamilyRanges, before: string, after: string, between = ''): void {
+    for (let i = 0; i < ranges.size; i++) {
+      if (i > 0 && between) this.ascii(between);
+      if (before) this.ascii(before);
+      this.entry(family, ranges, i);
+      if (after) this.ascii(after);
+    }
+  }
+
+  /** The bytes written; copied when the buffer is much larger, so a cached answer holds no slack. */
+  bytes(): Uint8Array {
+    return this.length < this.buffer.length * 0.75
+      ? this.buffer.slice(0, this.length)
+      : this.buffer.subarray(0, this.length);
+  }
+}
+
+/**
+ * A buffer that fits the entries with `perEntry` bytes of decoration each: IPv4 texts are measured exactly
+ * (a million of them is a few milliseconds), IPv6 at their longest, so the buffer neither grows nor needs
+ * a trimmed copy — at 1M entries either would briefly double the memory of the answer.
+ */
+function writerFor(v4: FamilyRanges | null, v6: FamilyRanges | null, perEntry: number): ByteWriter {
+  let bytes = 512 + (v6?.size ?? 0) * (43 + perEntry);
+  if (v4) {
+    bytes += v4.size * (3 + perEntry);
+    for (let i = 0; i < v4.size; i++) {
+      const value = v4.words[i]!;
+      const prefix = v4.prefixes[i]!;
+      bytes +=
+        DIGIT_COUNT[value >>> 24]! +
+        DIGIT_COUNT[(value >>> 16) & 0xff]! +
+        DIGIT_COUNT[(value >>> 8) & 0xff]! +
+        DIGIT_COUNT[value & 0xff]! +
+        (prefix === 32 ? 0 : 1 + DIGIT_COUNT[prefix]!);
+    }
+  }
+  return new ByteWriter(bytes);
+}
 
 function familyLabel(options: RenderOptions): string {
   return options.family === 'all' ? 'all' : `ipv${options.family}`;
 }
 
-function countOf(v4: readonly string[] | null, v6: readonly string[] | null): number {
-  return (v4?.length ?? 0) + (v6?.length ?? 0);
+function countOf(v4: FamilyRanges | null, v6: FamilyRanges | null): number {
+  return (v4?.size ?? 0) + (v6?.size ?? 0);
 }
 
-function header(v4: readonly string[] | null, v6: readonly string[] | null, options: RenderOptions): string {
+function header(v4: FamilyRanges | null, v6: FamilyRanges | null, options: RenderOptions): string {
   return (
     `# banbus blocklist\n` +
     `# generated: ${options.generatedAt.toISOString()}\n` +
@@ -547,17 +841,12 @@ function header(v4: readonly string[] | null, v6: readonly string[] | null, opti
   );
 }
 
-/** `list` as lines (prefix + entry + "\n"), built with one join so 1M entries cost one big string. */
-function lines(list: readonly string[], prefix = ''): string {
-  return list.length === 0 ? '' : prefix + list.join('\n' + prefix) + '\n';
-}
-
-function renderPlain(
-  v4: readonly string[] | null,
-  v6: readonly string[] | null,
-  options: RenderOptions,
-): string {
-  return header(v4, v6, options) + lines(v4 ?? []) + lines(v6 ?? []);
+function renderPlain(v4: FamilyRanges | null, v6: FamilyRanges | null, options: RenderOptions): Uint8Array {
+  const out = writerFor(v4, v6, 1);
+  out.ascii(header(v4, v6, options));
+  if (v4) out.entries(4, v4, '', '\n');
+  if (v6) out.entries(6, v6, '', '\n');
+  return out.bytes();
 }
 
 function checkName(name: string): void {
@@ -572,33 +861,34 @@ function checkName(name: string): void {
  * elements, so loading the file again replaces the contents atomically and leaves everything else alone.
  */
 function renderNftables(
-  v4: readonly string[] | null,
-  v6: readonly string[] | null,
+  v4: FamilyRanges | null,
+  v6: FamilyRanges | null,
   table: string,
   options: RenderOptions,
-): string {
-  const sets: Array<[name: string, type: string, list: readonly string[]]> = [];
-  if (v4) sets.push(['blocklist4', 'ipv4_addr', v4]);
-  if (v6) sets.push(['blocklist6', 'ipv6_addr', v6]);
-  const declare = (withElements: boolean) =>
-    `table inet ${table} {\n` +
-    sets
-      .filter(([, , list]) => !withElements || list.length > 0)
-      .map(
-        ([name, type, list]) =>
-          `\tset ${name} {\n\t\ttype ${type}\n\t\tflags interval\n` +
-          (withElements ? `\t\telements = {\n\t\t\t${list.join(',\n\t\t\t')}\n\t\t}\n` : '') +
-          `\t}\n`,
-      )
-      .join('') +
-    `}\n`;
-  const anyElements = sets.some(([, , list]) => list.length > 0);
-  return (
-    header(v4, v6, options) +
-    declare(false) +
-    sets.map(([name]) => `flush set inet ${table} ${name}\n`).join('') +
-    (anyElements ? declare(true) : '')
-  );
+): Uint8Array {
+  const sets: Array<[name: string, type: string, family: 4 | 6, list: FamilyRanges]> = [];
+  if (v4) sets.push(['blocklist4', 'ipv4_addr', 4, v4]);
+  if (v6) sets.push(['blocklist6', 'ipv6_addr', 6, v6]);
+  const out = writerFor(v4, v6, 5);
+  out.ascii(header(v4, v6, options));
+  const declare = (withElements: boolean) => {
+    out.ascii(`table inet ${table} {\n`);
+    for (const [name, type, family, list] of sets) {
+      if (withElements && list.size === 0) continue;
+      out.ascii(`\tset ${name} {\n\t\ttype ${type}\n\t\tflags interval\n`);
+      if (withElements) {
+        out.ascii('\t\telements = {\n');
+        out.entries(family, list, '\t\t\t', '', ',\n');
+        out.ascii('\n\t\t}\n');
+      }
+      out.ascii('\t}\n');
+    }
+    out.ascii('}\n');
+  };
+  declare(false);
+  for (const [name] of sets) out.ascii(`flush set inet ${table} ${name}\n`);
+  if (sets.some(([, , , list]) => list.size > 0)) declare(true);
+  return out.bytes();
 }
 
 /** maxelem we write unless a list needs more: a ceiling, not an allocation, and it must not change (below). */
@@ -610,31 +900,29 @@ export const IPSET_MAXELEM = 16_777_216;
  * written as its two halves.
  */
 function renderIpset(
-  v4: readonly string[] | null,
-  v6: readonly string[] | null,
+  v4: FamilyRanges | null,
+  v6: FamilyRanges | null,
   base: string,
   options: RenderOptions,
-): string {
-  const section = (name: string, family: 'inet' | 'inet6', list: readonly string[]) => {
-    const maxelem = Math.max(IPSET_MAXELEM, nextPowerOfTwo(list.length * 2));
-    const whole = family === 'inet' ? '0.0.0.0/0' : '::/0';
-    const entries =
-      list.length === 1 && list[0] === whole
-        ? family === 'inet'
-          ? ['0.0.0.0/1', '128.0.0.0/1']
-          : ['::/1', '8000::/1']
-        : list;
-    return (
-      `create ${name} hash:net family ${family} maxelem ${maxelem} -exist\n` +
-      `flush ${name}\n` +
-      lines(entries, `add ${name} `)
+): Uint8Array {
+  const out = writerFor(v4, v6, base.length + 6);
+  out.ascii(header(v4, v6, options));
+  const section = (name: string, family: 4 | 6, list: FamilyRanges) => {
+    const maxelem = Math.max(IPSET_MAXELEM, nextPowerOfTwo(list.size * 2));
+    out.ascii(
+      `create ${name} hash:net family ${family === 4 ? 'inet' : 'inet6'} maxelem ${maxelem} -exist\n` +
+        `flush ${name}\n`,
     );
+    if (list.size === 1 && list.prefixes[0] === 0) {
+      const halves = family === 4 ? ['0.0.0.0/1', '128.0.0.0/1'] : ['::/1', '8000::/1'];
+      for (const half of halves) out.ascii(`add ${name} ${half}\n`);
+      return;
+    }
+    out.entries(family, list, `add ${name} `, '\n');
   };
-  return (
-    header(v4, v6, options) +
-    (v4 ? section(`${base}4`, 'inet', v4) : '') +
-    (v6 ? section(`${base}6`, 'inet6', v6) : '')
-  );
+  if (v4) section(`${base}4`, 4, v4);
+  if (v6) section(`${base}6`, 6, v6);
+  return out.bytes();
 }
 
 function nextPowerOfTwo(n: number): number {
@@ -643,17 +931,23 @@ function nextPowerOfTwo(n: number): number {
   return p;
 }
 
-function renderJson(
-  v4: readonly string[] | null,
-  v6: readonly string[] | null,
-  options: RenderOptions,
-): string {
-  const body: Record<string, unknown> = {
-    generated_at: options.generatedAt.toISOString(),
-    seq: options.seq,
-    count: countOf(v4, v6),
-  };
-  if (v4) body.v4 = v4;
-  if (v6) body.v6 = v6;
-  return JSON.stringify(body) + '\n';
+/** `{"generated_at","seq","count","v4"?,"v6"?}`: CIDR texts need no JSON escaping. */
+function renderJson(v4: FamilyRanges | null, v6: FamilyRanges | null, options: RenderOptions): Uint8Array {
+  const out = writerFor(v4, v6, 3);
+  out.ascii(
+    `{"generated_at":${JSON.stringify(options.generatedAt.toISOString())},"seq":${options.seq},` +
+      `"count":${countOf(v4, v6)}`,
+  );
+  if (v4) {
+    out.ascii(',"v4":[');
+    out.entries(4, v4, '"', '"', ',');
+    out.ascii(']');
+  }
+  if (v6) {
+    out.ascii(',"v6":[');
+    out.entries(6, v6, '"', '"', ',');
+    out.ascii(']');
+  }
+  out.ascii('}\n');
+  return out.bytes();
 }

@@ -9,10 +9,17 @@ import fc from 'fast-check';
 import { mergeCidr } from 'cidr-tools';
 import {
   IPSET_MAXELEM,
+  mergeRanges,
   mergeTargets,
+  partCount,
+  rangeText,
   renderBlocklist,
-  splitParts,
+  scanTarget,
+  sliceRanges,
+  TARGET_V6,
+  type FamilyRanges,
   type MergedBlocklist,
+  type MergedRanges,
   type RenderOptions,
 } from '../src/blocklist.js';
 import { formatV4, formatV6, makeTarget, normalizeTarget, parseTarget } from '../src/address.js';
@@ -185,6 +192,24 @@ describe('mergeTargets property (fast-check, cidr-tools mergeCidr as reference)'
     );
   });
 
+  test('mergeRanges (columns in, columns out) gives the same list as mergeTargets', () => {
+    const target = fc.oneof(v4Host, v4Net, v4Cluster, v6Host, v6Net, v6Cluster);
+    fc.assert(
+      fc.property(fc.array(target, { maxLength: 60 }), (targets) => {
+        // Columns in input order, unmerged, as the aggregator's DecisionSet hands them to its worker.
+        const v4: string[] = [];
+        const v6: string[] = [];
+        for (const t of targets) (scanTarget(t, new Uint32Array(4)) & TARGET_V6 ? v6 : v4).push(t);
+        const out = mergeRanges(rangesOf({ v4, v6 }).v4, rangesOf({ v4, v6 }).v6);
+        assert.deepEqual(
+          { v4: textsOfFamily(out.v4, 4), v6: textsOfFamily(out.v6, 6) },
+          mergeTargets(targets),
+        );
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
   test('non-canonical spellings merge like their canonical forms', () => {
     const spelled = fc
       .oneof(v6Host, v6Cluster)
@@ -212,34 +237,64 @@ function fullV6(text: string): string {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-describe('splitParts', () => {
-  test('consecutive chunks of at most max entries', () => {
-    const list = Array.from({ length: 10 }, (_, i) => formatV4(i));
-    assert.deepEqual(
-      splitParts(list, 4).map((p) => p.length),
-      [4, 4, 2],
-    );
-    assert.deepEqual(splitParts(list, 4).flat(), list);
-    assert.deepEqual(splitParts(list, 10), [list]);
-    assert.deepEqual(splitParts(list, 1000), [list]);
-    assert.equal(splitParts(list, 1).length, 10);
+describe('sliceRanges and partCount (max/part splitting)', () => {
+  const list = merged(...Array.from({ length: 10 }, (_, i) => formatV4(i * 2)), '::1', '2001:db8::/32');
+  const ranges = rangesOf(list);
+  const texts = (r: MergedRanges) => [...textsOfFamily(r.v4, 4), ...textsOfFamily(r.v6, 6)];
+
+  test('consecutive chunks of at most max entries, IPv4 before IPv6', () => {
+    assert.equal(partCount(12, 5), 3);
+    assert.deepEqual(texts(sliceRanges(ranges, 'all', 10, 15)), ['::1', '2001:db8::/32']);
+    assert.deepEqual(texts(sliceRanges(ranges, 'all', 8, 11)), [list.v4[8], list.v4[9], '::1']);
+    assert.deepEqual(texts(sliceRanges(ranges, 6, 0, 1)), ['::1']);
+    assert.deepEqual(texts(sliceRanges(ranges, 4, 5, 100)), list.v4.slice(5));
   });
-  test('an empty list is one empty part', () => assert.deepEqual(splitParts([], 5), [[]]));
+  test('an empty list is one empty part', () => {
+    assert.equal(partCount(0, 5), 1);
+    assert.deepEqual(texts(sliceRanges(rangesOf({ v4: [], v6: [] }), 'all', 0, 5)), []);
+  });
   test('max must be a positive integer', () => {
-    for (const max of [0, -1, 1.5, NaN, Infinity])
-      assert.throws(() => splitParts(['1.1.1.1'], max), RangeError);
+    for (const max of [0, -1, 1.5, NaN, Infinity]) assert.throws(() => partCount(1, max), RangeError);
   });
-  test('property: parts never exceed max and concatenate to the list', () => {
+  test('property: parts never exceed max and concatenate to the list, for every family', () => {
     fc.assert(
-      fc.property(fc.array(fc.ipV4(), { maxLength: 200 }), fc.integer({ min: 1, max: 50 }), (list, max) => {
-        const parts = splitParts(list, max);
-        assert.ok(parts.every((p) => p.length <= max));
-        assert.ok(parts.slice(0, -1).every((p) => p.length === max));
-        assert.deepEqual(parts.flat(), list);
-      }),
+      fc.property(
+        fc.array(fc.oneof(fc.ipV4(), fc.ipV6()), { maxLength: 120 }),
+        fc.integer({ min: 1, max: 50 }),
+        fc.constantFrom(4 as const, 6 as const, 'all' as const),
+        (targets, max, family) => {
+          const whole = mergeTargets(targets);
+          const r = rangesOf(whole);
+          const expected = [...(family === 6 ? [] : whole.v4), ...(family === 4 ? [] : whole.v6)];
+          const parts = Array.from({ length: partCount(expected.length, max) }, (_, k) =>
+            texts(sliceRanges(r, family, k * max, (k + 1) * max)),
+          );
+          assert.ok(parts.every((p) => p.length <= max));
+          assert.ok(parts.slice(0, -1).every((p) => p.length === max));
+          assert.deepEqual(parts.flat(), expected);
+        },
+      ),
     );
   });
 });
+
+/** A merged text list as columns (what the aggregator's worker holds). */
+function rangesOf(list: MergedBlocklist): MergedRanges {
+  const family = (texts: string[], per: 1 | 4): FamilyRanges => {
+    const r = {
+      size: texts.length,
+      words: new Uint32Array(texts.length * per),
+      prefixes: new Uint8Array(texts.length),
+    };
+    texts.forEach((t, i) => (r.prefixes[i] = scanTarget(t, r.words, i * per) & 0xff));
+    return r;
+  };
+  return { v4: family(list.v4, 1), v6: family(list.v6, 4) };
+}
+
+function textsOfFamily(r: FamilyRanges, family: 4 | 6): string[] {
+  return Array.from({ length: r.size }, (_, i) => rangeText(r, family, i));
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 

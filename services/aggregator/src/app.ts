@@ -5,18 +5,12 @@ import { gzip as gzipCallback } from 'node:zlib';
 import type { Express, NextFunction, Request, Response } from 'express';
 import type pg from 'pg';
 import { z } from 'zod';
-import {
-  describeIssue,
-  renderBlocklist,
-  splitParts,
-  type BlocklistFormat,
-  type MergedBlocklist,
-} from '@banbus/core';
+import { describeIssue, partCount, type BlocklistFormat } from '@banbus/core';
 import { createServiceApp, finishApp, HttpError, type Logger, type Registry } from '@banbus/runtime';
 import type { ReadAuthenticator } from './auth.js';
-import type { BlocklistBuilder, Build } from './builder.js';
+import { StaleBuildError, type BlocklistBuilder, type Build } from './builder.js';
 import type { DecisionFollower } from './follower.js';
-import { readLog } from './state.js';
+import { readLog, type DecisionSnapshot } from './state.js';
 
 const gzip = promisify(gzipCallback);
 
@@ -61,40 +55,68 @@ interface Rendered {
   gzipped?: Promise<Buffer>;
 }
 
-/** Rendered answers of the current build; cleared when a new build is served. */
+/**
+ * Rendered answers, bounded by bytes (a full list at 1M entries is ~15 MB per format), least recently used
+ * out first. Only the newest build's answers are kept once a newer build is asked for. Concurrent requests
+ * for the same answer share one render.
+ */
 class RenderCache {
-  private buildId = -1;
-  private readonly entries = new Map<string, Rendered>();
+  private readonly entries = new Map<string, { build: number; rendered: Promise<Rendered> }>();
+  private readonly sizes = new Map<string, number>();
+  private bytes = 0;
+  private newest = 0;
 
-  get(build: Build, key: string, render: () => string): Rendered {
-    if (build.id !== this.buildId) {
-      this.entries.clear();
-      this.buildId = build.id;
+  constructor(private readonly budget: number) {}
+
+  get(build: Build, key: string, render: () => Promise<Uint8Array>): Promise<Rendered> {
+    if (build.id > this.newest) {
+      this.newest = build.id;
+      for (const [k, entry] of this.entries) if (entry.build < build.id) this.drop(k);
     }
-    let hit = this.entries.get(key);
-    if (!hit) {
-      if (this.entries.size >= 64) this.entries.clear();
-      hit = { body: Buffer.from(render()) };
-      this.entries.set(key, hit);
+    const fullKey = `${build.id}|${key}`;
+    const hit = this.entries.get(fullKey);
+    if (hit) {
+      this.entries.delete(fullKey);
+      this.entries.set(fullKey, hit);
+      return hit.rendered;
     }
-    return hit;
+    const rendered = render().then((bytes) => {
+      const body = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      if (this.entries.has(fullKey)) this.account(fullKey, body.length);
+      return { body };
+    });
+    // A failed render is not remembered: the next request tries again.
+    rendered.catch(() => this.drop(fullKey));
+    this.entries.set(fullKey, { build: build.id, rendered });
+    return rendered;
+  }
+
+  private account(key: string, size: number): void {
+    // The gzipped copy, when asked for, adds about a quarter.
+    const cost = Math.ceil(size * 1.25);
+    this.sizes.set(key, cost);
+    this.bytes += cost;
+    for (const k of this.entries.keys()) {
+      if (this.bytes <= this.budget) break;
+      if (k !== key) this.drop(k);
+    }
+  }
+
+  private drop(key: string): void {
+    this.entries.delete(key);
+    this.bytes -= this.sizes.get(key) ?? 0;
+    this.sizes.delete(key);
   }
 }
 
-function familyOf(cidr: string): 4 | 6 {
-  return cidr.includes(':') ? 6 : 4;
-}
+/**
+ * Bytes of rendered answers kept (see RenderCache): two full lists at 1M entries with their gzipped copies,
+ * the common case of one firewall format plus one other, within the service's memory budget.
+ */
+const RENDER_CACHE_BYTES = 48 * 2 ** 20;
 
-function selected(build: Build, family: BlocklistQuery['family']): string[] {
-  if (family === '4') return [...build.v4];
-  if (family === '6') return [...build.v6];
-  return [...build.v4, ...build.v6];
-}
-
-function asList(cidrs: readonly string[]): MergedBlocklist {
-  const list: MergedBlocklist = { v4: [], v6: [] };
-  for (const c of cidrs) list[familyOf(c) === 4 ? 'v4' : 'v6'].push(c);
-  return list;
+function countOf(build: Build, family: BlocklistQuery['family']): number {
+  return (family === '6' ? 0 : build.counts.v4) + (family === '4' ? 0 : build.counts.v6);
 }
 
 /** A weak validator: the same seq, family, format and split always render the same list. */
@@ -158,7 +180,16 @@ export function createAggregatorApp(options: AggregatorAppOptions): Express {
     registry: options.registry,
     readiness: options.readiness,
   });
-  const cache = new RenderCache();
+  const cache = new RenderCache(RENDER_CACHE_BYTES);
+  // Held weakly: gone once the last request streaming it is done.
+  let shared: WeakRef<DecisionSnapshot> | undefined;
+  const sharedSnapshot = (): DecisionSnapshot => {
+    const kept = shared?.deref();
+    if (kept && kept.seq === follower.state.seq) return kept;
+    const fresh = follower.state.snapshot();
+    shared = new WeakRef(fresh);
+    return fresh;
+  };
 
   const requireRead = (req: Request, _res: Response, next: NextFunction) => {
     auth.authorize(req).then(() => next(), next);
@@ -174,68 +205,66 @@ export function createAggregatorApp(options: AggregatorAppOptions): Express {
         throw new HttpError(400, message, field);
       }
       const q = parsed.data;
-      const build = builder.current;
-      if (!build)
-        throw new HttpError(503, 'the blocklist is not built yet', undefined, { 'Retry-After': '2' });
-
-      const etag = etagOf(build, q);
-      res.setHeader('ETag', etag);
-      res.setHeader('Last-Modified', build.generatedAt.toUTCString());
-      res.setHeader('Cache-Control', 'no-cache');
-      res.setHeader('Vary', 'Accept-Encoding');
-      res.setHeader('X-Banbus-Seq', String(build.seq));
-      if (notModified(req, etag)) {
-        res.status(304).end();
-        return;
-      }
-
-      const key = `${q.family}|${q.format}|${q.max ?? ''}|${q.part ?? ''}`;
-      let contentType = CONTENT_TYPES[q.format];
-      let rendered: Rendered;
-      if (q.max !== undefined) {
-        const parts = splitParts(selected(build, q.family), q.max);
-        if (parts.length === 0) parts.push([]);
-        if (q.part === undefined) {
-          contentType = 'text/plain; charset=utf-8';
-          rendered = { body: Buffer.from(parts.map((_, i) => partUrl(req, q, i + 1)).join('\n') + '\n') };
-        } else {
-          const chosen = parts[q.part - 1];
-          if (chosen === undefined) {
-            throw new HttpError(404, `part ${q.part} does not exist (there are ${parts.length})`, 'part');
-          }
-          rendered = cache.get(build, key, () =>
-            renderBlocklist(asList(chosen), {
-              family: q.family === 'all' ? 'all' : (Number(q.family) as 4 | 6),
-              format: q.format,
-              generatedAt: build.generatedAt,
-              seq: build.seq,
-            }),
-          );
+      // A render may find its build already let go by the worker (two newer builds finished meanwhile):
+      // answer from the newer one instead.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await answerBlocklist(req, res, q);
+          return;
+        } catch (err) {
+          if (!(err instanceof StaleBuildError) || attempt === 3) throw err;
         }
-      } else {
-        rendered = cache.get(build, key, () =>
-          renderBlocklist(
-            { v4: [...build.v4], v6: [...build.v6] },
-            {
-              family: q.family === 'all' ? 'all' : (Number(q.family) as 4 | 6),
-              format: q.format,
-              generatedAt: build.generatedAt,
-              seq: build.seq,
-            },
-          ),
-        );
       }
-      res.setHeader('Content-Type', contentType);
-      if (req.acceptsEncodings('gzip', 'identity') === 'gzip') {
-        rendered.gzipped ??= gzip(rendered.body);
-        const body = await rendered.gzipped;
-        res.setHeader('Content-Encoding', 'gzip');
-        res.end(body);
-        return;
-      }
-      res.end(rendered.body);
     }),
   );
+
+  async function answerBlocklist(req: Request, res: Response, q: BlocklistQuery): Promise<void> {
+    const build = builder.current;
+    if (!build) throw new HttpError(503, 'the blocklist is not built yet', undefined, { 'Retry-After': '2' });
+
+    const etag = etagOf(build, q);
+    res.setHeader('ETag', etag);
+    res.setHeader('Last-Modified', build.generatedAt.toUTCString());
+    res.setHeader('Cache-Control', 'no-cache');
+    res.setHeader('Vary', 'Accept-Encoding');
+    res.setHeader('X-Banbus-Seq', String(build.seq));
+    if (notModified(req, etag)) {
+      res.status(304).end();
+      return;
+    }
+
+    const family = q.family === 'all' ? 'all' : (Number(q.family) as 4 | 6);
+    const key = `${q.family}|${q.format}|${q.max ?? ''}|${q.part ?? ''}`;
+    let contentType = CONTENT_TYPES[q.format];
+    let rendered: Rendered;
+    if (q.max !== undefined) {
+      const parts = partCount(countOf(build, q.family), q.max);
+      if (q.part === undefined) {
+        contentType = 'text/plain; charset=utf-8';
+        const urls = Array.from({ length: parts }, (_, i) => partUrl(req, q, i + 1));
+        rendered = { body: Buffer.from(urls.join('\n') + '\n') };
+      } else {
+        if (q.part > parts) {
+          throw new HttpError(404, `part ${q.part} does not exist (there are ${parts})`, 'part');
+        }
+        const from = (q.part - 1) * q.max;
+        rendered = await cache.get(build, key, () =>
+          builder.render(build, { family, format: q.format, from, to: from + q.max! }),
+        );
+      }
+    } else {
+      rendered = await cache.get(build, key, () => builder.render(build, { family, format: q.format }));
+    }
+    res.setHeader('Content-Type', contentType);
+    if (req.acceptsEncodings('gzip', 'identity') === 'gzip') {
+      rendered.gzipped ??= gzip(rendered.body);
+      const body = await rendered.gzipped;
+      res.setHeader('Content-Encoding', 'gzip');
+      res.end(body);
+      return;
+    }
+    res.end(rendered.body);
+  }
 
   app.get(
     '/v1/decisions',
@@ -254,26 +283,29 @@ export function createAggregatorApp(options: AggregatorAppOptions): Express {
           'Retry-After': '2',
         });
       }
-      // One seq, one set: the array of entries is taken synchronously, entries are immutable objects.
-      const seq = follower.state.seq;
-      const entries = Array.from(follower.state.entries.values());
+      // One seq, one set: a frozen copy, shared by the requests that arrive while the seq stays.
+      const snapshot = sharedSnapshot();
       res.setHeader('Content-Type', 'application/json; charset=utf-8');
-      res.setHeader('X-Banbus-Seq', String(seq));
-      if (!(await writeChunk(res, `{"seq":${seq},"decisions":[`))) return;
+      res.setHeader('X-Banbus-Seq', String(snapshot.seq));
+      if (!(await writeChunk(res, `{"seq":${snapshot.seq},"decisions":[`))) return;
       const CHUNK = 2000;
-      for (let i = 0; i < entries.length; i += CHUNK) {
-        const text = entries
-          .slice(i, i + CHUNK)
-          .map((e) =>
-            JSON.stringify({
-              target: e.target,
-              expires_at: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(),
-              reason: e.reason,
-            }),
-          )
-          .join(',');
-        if (!(await writeChunk(res, (i === 0 ? '' : ',') + text))) return;
+      let chunk: string[] = [];
+      let first = true;
+      for (const e of snapshot.entries()) {
+        chunk.push(
+          JSON.stringify({
+            target: e.target,
+            expires_at: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(),
+            reason: e.reason,
+          }),
+        );
+        if (chunk.length === CHUNK) {
+          if (!(await writeChunk(res, (first ? '' : ',') + chunk.join(',')))) return;
+          first = false;
+          chunk = [];
+        }
       }
+      if (chunk.length > 0 && !(await writeChunk(res, (first ? '' : ',') + chunk.join(',')))) return;
       res.end(']}');
     }),
   );

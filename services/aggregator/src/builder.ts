@@ -1,8 +1,11 @@
-// Rebuilds the merged blocklists after changes: debounced, one build at a time, the merge itself in a
-// worker thread. The last good build keeps being served when a build fails.
+// Rebuilds the merged blocklists after changes: debounced, one build at a time, the merge in a worker
+// thread that also renders the answers. The main thread only hands over the targets' columns (a few
+// megabytes, transferred, not copied) and gets back counts and rendered bytes. The last good build keeps
+// being served when a build fails.
 import { Worker } from 'node:worker_threads';
+import type { BlocklistFamily, BlocklistFormat, FamilyRanges } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
-import type { MergeRequest, MergeResponse } from './merge-worker.js';
+import type { WorkerRequest, WorkerResponse } from './merge-worker.js';
 
 export interface Build {
   /** Increments with every finished build (cache key for rendered answers). */
@@ -10,13 +13,24 @@ export interface Build {
   /** The decision seq this build reflects. */
   readonly seq: number;
   readonly generatedAt: Date;
-  readonly v4: readonly string[];
-  readonly v6: readonly string[];
+  /** Merged CIDRs per family. */
+  readonly counts: { readonly v4: number; readonly v6: number };
+}
+
+/** A render asked of a build the worker no longer holds (two newer builds finished meanwhile). */
+export class StaleBuildError extends Error {}
+
+export interface RenderQuery {
+  family: BlocklistFamily;
+  format: BlocklistFormat;
+  /** Entries [from, to) of the family's list; the whole list when absent. */
+  from?: number;
+  to?: number;
 }
 
 export interface BuilderOptions {
-  /** The current targets and their seq, read when a build starts. */
-  source: () => { seq: number; targets: string[] };
+  /** The current targets' columns and their seq, read when a build starts. */
+  source: () => { seq: number; v4: FamilyRanges; v6: FamilyRanges };
   debounceMs: number;
   /** BLOCKLIST_DIR: blocklist4.txt, blocklist6.txt, blocklist.txt are written there after each build. */
   dir?: string | undefined;
@@ -34,13 +48,17 @@ const RETRY_AFTER_FAILURE_MS = 5_000;
  * with execArgv).
  */
 function spawnMergeWorker(): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./merge-worker.js', import.meta.url));
+  // The worker's data lives in typed arrays outside the JavaScript heap; a small young generation keeps
+  // its heap from reserving tens of megabytes it never needs.
+  const resourceLimits = { maxYoungGenerationSizeMb: 8 };
+  if (!import.meta.url.endsWith('.ts'))
+    return new Worker(new URL('./merge-worker.js', import.meta.url), { resourceLimits });
   const api = import.meta.resolve('tsx/esm/api');
   const entry = new URL('./merge-worker.ts', import.meta.url).href;
   const bootstrap =
     `(async () => { const { register } = await import(${JSON.stringify(api)}); register(); ` +
     `await import(${JSON.stringify(entry)}); })();`;
-  return new Worker(bootstrap, { eval: true });
+  return new Worker(bootstrap, { eval: true, resourceLimits });
 }
 
 export class BlocklistBuilder {
@@ -53,7 +71,7 @@ export class BlocklistBuilder {
   private nextRequest = 1;
   private readonly pending = new Map<
     number,
-    { resolve: (r: MergeResponse) => void; reject: (e: Error) => void }
+    { resolve: (r: WorkerResponse) => void; reject: (e: Error) => void }
   >();
   private readonly waiters: { seq: number; resolve: (b: Build) => void }[] = [];
   /** When the oldest change not yet in a finished build was applied (epoch ms), for the lag metric. */
@@ -98,28 +116,30 @@ export class BlocklistBuilder {
     this.changedDuringBuild = undefined;
     const started = performance.now();
     try {
-      const { seq, targets } = this.options.source();
+      const { seq, v4, v6 } = this.options.source();
       const generatedAt = new Date();
-      const response = await this.merge({
-        id: 0,
-        targets,
-        seq,
-        generatedAt: generatedAt.getTime(),
-        ...(this.options.dir !== undefined ? { dir: this.options.dir } : {}),
-      });
+      const id = (this.current?.id ?? 0) + 1;
+      const response = await this.ask(
+        {
+          type: 'build',
+          id: 0,
+          build: id,
+          seq,
+          generatedAt: generatedAt.getTime(),
+          v4,
+          v6,
+          ...(this.options.dir !== undefined ? { dir: this.options.dir } : {}),
+        },
+        [v4.words.buffer, v4.prefixes.buffer, v6.words.buffer, v6.prefixes.buffer] as ArrayBuffer[],
+      );
       if (!response.ok) throw new Error(response.error);
-      const build: Build = {
-        id: (this.current?.id ?? 0) + 1,
-        seq,
-        generatedAt,
-        v4: response.v4,
-        v6: response.v6,
-      };
+      if (!('v4' in response)) throw new Error('the merge worker answered a build with a render');
+      const build: Build = { id, seq, generatedAt, counts: { v4: response.v4, v6: response.v6 } };
       this.current = build;
       this.changedSince = this.changedDuringBuild;
       const seconds = (performance.now() - started) / 1000;
       this.options.logger.debug(
-        { seq, targets: targets.length, v4: build.v4.length, v6: build.v6.length, seconds },
+        { seq, decisions: v4.size + v6.size, v4: build.counts.v4, v6: build.counts.v6, seconds },
         'blocklist rebuilt',
       );
       this.options.onBuild?.(build, seconds);
@@ -145,12 +165,30 @@ export class BlocklistBuilder {
     if (this.dirty && !this.stopped) this.schedule();
   }
 
-  private merge(request: MergeRequest): Promise<MergeResponse> {
+  /** The rendered answer for `query` from `build`; StaleBuildError when the worker let it go. */
+  async render(build: Build, query: RenderQuery): Promise<Uint8Array> {
+    const response = await this.ask({
+      type: 'render',
+      id: 0,
+      build: build.id,
+      family: query.family,
+      format: query.format,
+      ...(query.from !== undefined ? { from: query.from, to: query.to ?? Infinity } : {}),
+    });
+    if (!response.ok) {
+      if (response.stale) throw new StaleBuildError(response.error);
+      throw new Error(response.error);
+    }
+    if (!('body' in response)) throw new Error('the merge worker answered a render with a build');
+    return response.body;
+  }
+
+  private ask(request: WorkerRequest, transfer: ArrayBuffer[] = []): Promise<WorkerResponse> {
     const worker = this.ensureWorker();
     const id = this.nextRequest++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      worker.postMessage({ ...request, id });
+      worker.postMessage({ ...request, id }, transfer);
     });
   }
 
@@ -158,7 +196,11 @@ export class BlocklistBuilder {
     if (this.worker) return this.worker;
     const worker = spawnMergeWorker();
     worker.unref();
-    worker.on('message', (response: MergeResponse) => {
+    worker.on('message', (response: WorkerResponse | { type: 'log'; error: string }) => {
+      if ('type' in response) {
+        this.options.logger.error({ err: response.error }, 'blocklist files not written');
+        return;
+      }
       const p = this.pending.get(response.id);
       this.pending.delete(response.id);
       p?.resolve(response);

@@ -1,4 +1,4 @@
-// Keeps DecisionState current: snapshot at start, then the decision stream from the aggregator's own
+// Keeps the DecisionSet current: snapshot at start, then the decision stream from the aggregator's own
 // queue. Every mutation (a batch of messages, a gap fill, a periodic check) runs one at a time through
 // `serial`, so changes apply strictly in seq order.
 import type pg from 'pg';
@@ -6,7 +6,7 @@ import { DecisionMessageSchema, type DecisionChange } from '@banbus/core';
 import { declareQuorumQueue, type Bus, type Consumer } from '@banbus/bus';
 import { isTransientDbError } from '@banbus/db';
 import type { Logger } from '@banbus/runtime';
-import { currentSeq, DecisionState, loadSnapshot, readLog } from './state.js';
+import { currentSeq, DecisionSet, loadSnapshot, readLog } from './state.js';
 
 export interface FollowerOptions {
   pool: pg.Pool;
@@ -22,7 +22,7 @@ const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10_000;
 
 export class DecisionFollower {
-  readonly state = new DecisionState();
+  readonly state = new DecisionSet();
   private loadedFlag = false;
   private serial: Promise<unknown> = Promise.resolve();
   private consumer: Consumer | undefined;
@@ -129,7 +129,7 @@ export class DecisionFollower {
     this.state.replace(fresh);
     this.reloads += 1;
     this.options.logger.info(
-      { seq: fresh.seq, decisions: fresh.entries.size, ms: Date.now() - started },
+      { seq: fresh.seq, decisions: fresh.size, ms: Date.now() - started },
       'decision snapshot loaded',
     );
     this.options.onChange();

@@ -14,9 +14,9 @@ import { DecisionFollower } from './follower.js';
 export { mainAggregator } from './main.js';
 export { createAggregatorApp, type AggregatorAppOptions } from './app.js';
 export { ReadAuthenticator } from './auth.js';
-export { BlocklistBuilder, type Build } from './builder.js';
+export { BlocklistBuilder, StaleBuildError, type Build, type RenderQuery } from './builder.js';
 export { DecisionFollower } from './follower.js';
-export { DecisionState, loadSnapshot, readLog, type DecisionEntry } from './state.js';
+export { DecisionSet, DecisionSnapshot, loadSnapshot, readLog, type DecisionEntry } from './state.js';
 
 export interface AggregatorDeps {
   config: AggregatorEnv;
@@ -69,7 +69,7 @@ function createMetrics(registry: Registry, follower: DecisionFollower, builder: 
         help: 'Decisions held in memory',
         registers: [registry],
         collect() {
-          this.set(follower.state.entries.size);
+          this.set(follower.state.size);
         },
       }),
   );
@@ -118,13 +118,13 @@ export async function startAggregator(deps: AggregatorDeps): Promise<AggregatorR
     },
   });
   const builder = new BlocklistBuilder({
-    source: () => ({ seq: follower.state.seq, targets: Array.from(follower.state.entries.keys()) }),
+    source: () => follower.state.columns(),
     debounceMs: config.AGGREGATOR_REBUILD_DEBOUNCE_MS,
     dir: config.BLOCKLIST_DIR,
     logger,
     onBuild: (build, seconds) => {
-      metrics.entries.set({ family: '4' }, build.v4.length);
-      metrics.entries.set({ family: '6' }, build.v6.length);
+      metrics.entries.set({ family: '4' }, build.counts.v4);
+      metrics.entries.set({ family: '6' }, build.counts.v6);
       metrics.rebuild.observe(seconds);
     },
   });
