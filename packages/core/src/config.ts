@@ -76,6 +76,11 @@ export const PersisterEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend(
   PERSISTER_MAX_RETRIES: z.coerce.number().int().min(0).max(100).default(5),
   /** Seconds between sweeps for expired decisions. */
   PERSISTER_SWEEP_INTERVAL: DurationSeconds.default(10),
+  /**
+   * How long decision_log rows are kept: an applier away longer gets 410 for its delta and takes a
+   * snapshot instead.
+   */
+  PERSISTER_LOG_RETENTION: DurationSeconds.pipe(z.number().int().min(60)).default(7 * 86_400),
   /** Health/metrics port when the persister runs alone (0 = none). */
   PERSISTER_PORT: port(8083),
 });

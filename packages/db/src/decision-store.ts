@@ -778,6 +778,30 @@ export class DecisionStore {
     }
   }
 
+  /**
+   * Drops decision_log rows older than `retentionSeconds` that the relay already published (an unpublished
+   * row is never dropped). Deltas from before the oldest kept row answer 410 and the applier takes a
+   * snapshot, so the log only has to reach back as far as an applier may be away. Returns the rows dropped.
+   */
+  async pruneLog(retentionSeconds: number, chunk = 10_000): Promise<number> {
+    let dropped = 0;
+    for (;;) {
+      // Oldest first, a chunk at a time: created_at grows with seq, so the first chunk holding a row that
+      // is still young ends the round.
+      const { rowCount } = await this.pool.query(
+        `WITH old AS (
+           SELECT seq FROM decision_log
+           WHERE seq <= (SELECT published_seq FROM decision_relay WHERE id = 1)
+           ORDER BY seq LIMIT $2)
+         DELETE FROM decision_log d USING old
+         WHERE d.seq = old.seq AND d.created_at < clock_timestamp() - make_interval(secs => $1)`,
+        [retentionSeconds, chunk],
+      );
+      dropped += rowCount ?? 0;
+      if ((rowCount ?? 0) < chunk) return dropped;
+    }
+  }
+
   /** Lifts every ban and decision overlapping an active allowlist entry (an entry was added). */
   async liftAllowlisted(): Promise<ChangeResult> {
     // Usually nothing is covered: look without the decision lock first, so the check never queues behind batches.

@@ -175,6 +175,8 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
         logger.info({ changes: result.changes }, 'expired bans swept');
         void relay.trigger();
       }
+      const pruned = await store.pruneLog(config.PERSISTER_LOG_RETENTION);
+      if (pruned > 0) logger.info({ rows: pruned }, 'old decision_log rows dropped');
     },
     (err) => logger.warn({ err }, 'sweeping expired bans failed'),
   );

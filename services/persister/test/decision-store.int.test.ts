@@ -163,4 +163,25 @@ describe('DecisionStore', () => {
     const later = await store.applyReports([behind]);
     assert.equal(later.outcomes[0]!.outcome, 'banned');
   });
+
+  test('pruneLog() drops published rows older than the retention, never unpublished ones', async () => {
+    const relayed = await pool.query<{ p: string }>('SELECT published_seq AS p FROM decision_relay');
+    await store.applyReports([report({ target: '198.51.100.31' }), report({ target: '198.51.100.32' })]);
+    const last = await store.lastSeq();
+    // The relay published everything but the last row; every row is aged past the retention.
+    await pool.query('UPDATE decision_relay SET published_seq = $1', [last - 1]);
+    await pool.query(`UPDATE decision_log SET created_at = now() - interval '2 hours'`);
+    assert.equal(await store.pruneLog(3600, 3), last - 1, 'every published row, in chunks of 3');
+    const { rows } = await pool.query<{ seq: string }>('SELECT seq FROM decision_log ORDER BY seq');
+    assert.deepEqual(
+      rows.map((r) => Number(r.seq)),
+      [last],
+    );
+    // Young rows stay, whatever the relay did.
+    await pool.query('UPDATE decision_relay SET published_seq = $1', [last]);
+    await pool.query(`UPDATE decision_log SET created_at = now()`);
+    assert.equal(await store.pruneLog(3600), 0);
+    // Later tests relay from where the relay really was.
+    await pool.query('UPDATE decision_relay SET published_seq = $1', [relayed.rows[0]!.p]);
+  });
 });
