@@ -209,7 +209,10 @@ export function createIngestApp(options: IngestAppOptions): Express {
     async (req: Request, res: Response, next: NextFunction) => {
       startTimer(res, '/v1/reports');
       await authenticate(bearerToken(req.get('authorization')), res);
-      const kind = req.is(JSON_TYPES) ? 'json' : req.is(FORM_TYPE) ? 'form' : null;
+      // The exact common header is recognised without type-is, which the body parser runs again anyway.
+      const type = req.headers['content-type'];
+      const kind =
+        type === 'application/json' || req.is(JSON_TYPES) ? 'json' : req.is(FORM_TYPE) ? 'form' : null;
       if (kind === null) {
         throw new HttpError(415, `Content-Type must be application/json or ${FORM_TYPE}`, 'body');
       }
