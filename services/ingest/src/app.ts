@@ -154,10 +154,14 @@ export function createIngestApp(options: IngestAppOptions): Express {
     locals.route = route;
     locals.started = performance.now();
   }
+  const timers = new Map<string, ReturnType<typeof duration.labels>>();
   function observe(res: Response, status: number): void {
     const { route, started } = res.locals as Locals;
     if (started === undefined || route === undefined) return;
-    duration.observe({ route, status: String(status) }, (performance.now() - started) / 1000);
+    const key = `${route}|${status}`;
+    let timer = timers.get(key);
+    if (!timer) timers.set(key, (timer = duration.labels({ route, status: String(status) })));
+    timer.observe((performance.now() - started) / 1000);
   }
 
   async function authenticate(token: string | undefined, res: Response): Promise<AuthHost> {
