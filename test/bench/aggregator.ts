@@ -106,8 +106,9 @@ export async function benchAggregator(): Promise<BenchRow[]> {
       });
       latencies.push((performance.now() - sent) / 1000);
     }
-    // What firewalls and appliers fetch, so the peak includes serving them: the whole plain list and
-    // the full decision snapshot, each read to the end.
+    const rssBuilt = peakRssMb(child.pid!);
+    // What firewalls and appliers fetch, so the second peak includes serving them: the whole plain and
+    // nftables lists and the full decision snapshot, each read to the end.
     const origin = `http://127.0.0.1:${port}`;
     for (const path of ['/v1/blocklist.txt', '/v1/blocklist.txt?format=nftables', '/v1/decisions']) {
       const res = await fetch(origin + path);
@@ -137,7 +138,16 @@ export async function benchAggregator(): Promise<BenchRow[]> {
       },
       {
         part: 'aggregator',
-        measure: 'peak RSS of the service (load, 7 rebuilds, full plain + nftables list and snapshot served)',
+        measure: 'peak RSS of the service (snapshot loaded, 7 rebuilds)',
+        value: rssBuilt,
+        unit: 'MB',
+        target: '≤ 300 MB',
+        pass: rssBuilt <= 300,
+        runs: [rssBuilt],
+      },
+      {
+        part: 'aggregator',
+        measure: 'peak RSS after also serving the full plain and nftables lists and the decision snapshot',
         value: rss,
         unit: 'MB',
         target: '≤ 300 MB',

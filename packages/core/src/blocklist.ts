@@ -478,8 +478,15 @@ class Output {
   }
 }
 
+/** sortV4's ping-pong buffers, kept between calls (sortV4 is synchronous, so one set per thread is enough). */
+const scratch = {
+  keys: [new Uint32Array(0), new Uint32Array(0)] as [Uint32Array, Uint32Array],
+  prefixes: [new Uint8Array(0), new Uint8Array(0)] as [Uint8Array, Uint8Array],
+};
+
 /**
- * The IPv4 columns sorted by start, as new arrays (the input is not changed): a stable LSD radix sort in
+ * The IPv4 columns sorted by start (the input is not changed; the result lives in scratch buffers that
+ * the next call reuses, so the caller copies what it keeps): a stable LSD radix sort in
  * three passes of 11, 11 and 10 bits, whose 2048 buckets stay in cache; the sweep then reads memory in order.
  */
 function sortV4(
@@ -488,8 +495,21 @@ function sortV4(
   prefixes: Uint8Array,
   refs: Int32Array | null,
 ): { keys: Uint32Array; prefixes: Uint8Array; refs: Int32Array | null } {
-  const keyBuffers: [Uint32Array, Uint32Array] = [new Uint32Array(n), new Uint32Array(n)];
-  const prefixBuffers: [Uint8Array, Uint8Array] = [new Uint8Array(n), new Uint8Array(n)];
+  if (scratch.keys[0].length < n) {
+    // Grown once and kept: a rebuild every second would otherwise allocate and free ~10 MB at 1M targets
+    // each time, which the allocator does not hand back to the system in one piece.
+    const capacity = Math.ceil(n * 1.25);
+    scratch.keys = [new Uint32Array(capacity), new Uint32Array(capacity)];
+    scratch.prefixes = [new Uint8Array(capacity), new Uint8Array(capacity)];
+  }
+  const keyBuffers: [Uint32Array, Uint32Array] = [
+    scratch.keys[0].subarray(0, n),
+    scratch.keys[1].subarray(0, n),
+  ];
+  const prefixBuffers: [Uint8Array, Uint8Array] = [
+    scratch.prefixes[0].subarray(0, n),
+    scratch.prefixes[1].subarray(0, n),
+  ];
   const refBuffers: [Int32Array, Int32Array] | null = refs ? [new Int32Array(n), new Int32Array(n)] : null;
   let keys = words.subarray(0, n);
   let pre = prefixes.subarray(0, n);

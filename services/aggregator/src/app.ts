@@ -110,10 +110,12 @@ class RenderCache {
 }
 
 /**
- * Bytes of rendered answers kept (see RenderCache): two full lists at 1M entries with their gzipped copies,
- * the common case of one firewall format plus one other, within the service's memory budget.
+ * Bytes of rendered answers kept (see RenderCache): a full list at 1M entries with its gzipped copy and
+ * the small answers (parts, one family), within the service's memory budget of 300 MB at 1M decisions.
+ * Other full lists are rendered again in the worker when asked (a few hundred milliseconds, off the main
+ * thread); firewalls fetch every few minutes at most, and unchanged lists are answered 304.
  */
-const RENDER_CACHE_BYTES = 48 * 2 ** 20;
+const RENDER_CACHE_BYTES = 32 * 2 ** 20;
 
 function countOf(build: Build, family: BlocklistQuery['family']): number {
   return (family === '6' ? 0 : build.counts.v4) + (family === '4' ? 0 : build.counts.v6);
@@ -288,24 +290,11 @@ export function createAggregatorApp(options: AggregatorAppOptions): Express {
       res.setHeader('Content-Type', 'application/json; charset=utf-8');
       res.setHeader('X-Banbus-Seq', String(snapshot.seq));
       if (!(await writeChunk(res, `{"seq":${snapshot.seq},"decisions":[`))) return;
-      const CHUNK = 2000;
-      let chunk: string[] = [];
       let first = true;
-      for (const e of snapshot.entries()) {
-        chunk.push(
-          JSON.stringify({
-            target: e.target,
-            expires_at: e.expiresAt === null ? null : new Date(e.expiresAt).toISOString(),
-            reason: e.reason,
-          }),
-        );
-        if (chunk.length === CHUNK) {
-          if (!(await writeChunk(res, (first ? '' : ',') + chunk.join(',')))) return;
-          first = false;
-          chunk = [];
-        }
+      for (const chunk of snapshot.jsonChunks()) {
+        if (!(await writeChunk(res, first ? chunk : ',' + chunk))) return;
+        first = false;
       }
-      if (chunk.length > 0 && !(await writeChunk(res, (first ? '' : ',') + chunk.join(',')))) return;
       res.end(']}');
     }),
   );

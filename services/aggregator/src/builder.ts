@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import type { BlocklistFamily, BlocklistFormat, FamilyRanges } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
 import type { WorkerRequest, WorkerResponse } from './merge-worker.js';
+import type { ColumnBuffers } from './state.js';
 
 export interface Build {
   /** Increments with every finished build (cache key for rendered answers). */
@@ -29,8 +30,8 @@ export interface RenderQuery {
 }
 
 export interface BuilderOptions {
-  /** The current targets' columns and their seq, read when a build starts. */
-  source: () => { seq: number; v4: FamilyRanges; v6: FamilyRanges };
+  /** The current targets' columns and their seq, read when a build starts, written into `buffers`. */
+  source: (buffers: ColumnBuffers) => { seq: number; v4: FamilyRanges; v6: FamilyRanges };
   debounceMs: number;
   /** BLOCKLIST_DIR: blocklist4.txt, blocklist6.txt, blocklist.txt are written there after each build. */
   dir?: string | undefined;
@@ -61,7 +62,39 @@ function spawnMergeWorker(): Worker {
   return new Worker(bootstrap, { eval: true, resourceLimits });
 }
 
+/**
+ * The columns handed to the worker, in shared memory: every build writes into the same buffers instead
+ * of allocating (and transferring, and later freeing) megabytes per build. Safe without locks because
+ * builds run one at a time: the main thread writes only between the worker's answer and the next build.
+ */
+class SharedColumns implements ColumnBuffers {
+  private readonly buffers = new Map<string, Uint32Array | Uint8Array>();
+
+  private get<T extends Uint32Array | Uint8Array>(
+    key: string,
+    length: number,
+    make: (buffer: SharedArrayBuffer) => T,
+    bytesPer: number,
+  ): T {
+    let array = this.buffers.get(key) as T | undefined;
+    if (!array || array.length < length) {
+      array = make(new SharedArrayBuffer(Math.max(1024, Math.ceil(length * 1.25)) * bytesPer));
+      this.buffers.set(key, array);
+    }
+    return array.subarray(0, length) as T;
+  }
+
+  words(family: 4 | 6, length: number): Uint32Array {
+    return this.get(`w${family}`, length, (b) => new Uint32Array(b), 4);
+  }
+
+  prefixes(family: 4 | 6, length: number): Uint8Array {
+    return this.get(`p${family}`, length, (b) => new Uint8Array(b), 1);
+  }
+}
+
 export class BlocklistBuilder {
+  private readonly columns = new SharedColumns();
   current: Build | undefined;
   private timer: NodeJS.Timeout | undefined;
   private building = false;
@@ -116,7 +149,7 @@ export class BlocklistBuilder {
     this.changedDuringBuild = undefined;
     const started = performance.now();
     try {
-      const { seq, v4, v6 } = this.options.source();
+      const { seq, v4, v6 } = this.options.source(this.columns);
       const generatedAt = new Date();
       const id = (this.current?.id ?? 0) + 1;
       const response = await this.ask(
@@ -130,7 +163,10 @@ export class BlocklistBuilder {
           v6,
           ...(this.options.dir !== undefined ? { dir: this.options.dir } : {}),
         },
-        [v4.words.buffer, v4.prefixes.buffer, v6.words.buffer, v6.prefixes.buffer] as ArrayBuffer[],
+        // Transferred when they are ordinary arrays (a source that allocates); shared ones need not be.
+        [v4.words, v4.prefixes, v6.words, v6.prefixes]
+          .map((a) => a.buffer)
+          .filter((b): b is ArrayBuffer => b instanceof ArrayBuffer),
       );
       if (!response.ok) throw new Error(response.error);
       if (!('v4' in response)) throw new Error('the merge worker answered a build with a render');

@@ -118,7 +118,7 @@ export async function startAggregator(deps: AggregatorDeps): Promise<AggregatorR
     },
   });
   const builder = new BlocklistBuilder({
-    source: () => follower.state.columns(),
+    source: (buffers) => follower.state.columns(buffers),
     debounceMs: config.AGGREGATOR_REBUILD_DEBOUNCE_MS,
     dir: config.BLOCKLIST_DIR,
     logger,

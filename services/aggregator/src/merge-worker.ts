@@ -13,7 +13,9 @@ import {
   type BlocklistFormat,
   type FamilyRanges,
   type MergedRanges,
-} from '@banbus/core';
+  // Only the blocklist module: the worker has no use for the rest of core (schemas, config), whose
+  // modules would cost its heap several megabytes.
+} from '@banbus/core/blocklist';
 
 export interface BuildRequest {
   type: 'build';

@@ -144,9 +144,9 @@ class FamilyPool {
     }
   }
 
-  /** The live slots' addresses, compacted into new arrays (what a blocklist build needs). */
-  columns(): FamilyRanges {
-    return this.copy(false);
+  /** The live slots' addresses, compacted (what a blocklist build needs), into `into` when given. */
+  columns(into?: ColumnBuffers): FamilyRanges {
+    return this.copy(false, into);
   }
 
   /** The live slots with their expiry and reason, compacted into new arrays. */
@@ -155,11 +155,13 @@ class FamilyPool {
   }
 
   private copy(details: true): PoolSnapshot;
-  private copy(details: false): FamilyRanges;
-  private copy(details: boolean): FamilyRanges | PoolSnapshot {
+  private copy(details: false, into?: ColumnBuffers): FamilyRanges;
+  private copy(details: boolean, into?: ColumnBuffers): FamilyRanges | PoolSnapshot {
     const n = this.size;
-    const words = new Uint32Array(n * this.wordsPer);
-    const prefixes = new Uint8Array(n);
+    const words = into
+      ? into.words(this.wordsPer === 1 ? 4 : 6, n * this.wordsPer)
+      : new Uint32Array(n * this.wordsPer);
+    const prefixes = into ? into.prefixes(this.wordsPer === 1 ? 4 : 6, n) : new Uint8Array(n);
     const expires = new Float64Array(details ? n : 0);
     const reasons = new Int32Array(details ? n : 0);
     let k = 0;
@@ -177,6 +179,12 @@ class FamilyPool {
     }
     return details ? { size: k, words, prefixes, expires, reasons } : { size: k, words, prefixes };
   }
+}
+
+/** Where a build's columns are written: arrays of at least the asked length, reused between builds. */
+export interface ColumnBuffers {
+  words(family: 4 | 6, length: number): Uint32Array;
+  prefixes(family: 4 | 6, length: number): Uint8Array;
 }
 
 interface PoolSnapshot extends FamilyRanges {
@@ -204,6 +212,43 @@ export class DecisionSnapshot {
 
   get size(): number {
     return this.v4.size + this.v6.size;
+  }
+
+  /**
+   * The decisions as JSON objects (`{"target","expires_at","reason"}`), `per` to a string joined by
+   * commas. Written by hand rather than through JSON.stringify of an object per decision: at 1M decisions
+   * those objects were most of the garbage a snapshot made. Targets and timestamps need no escaping;
+   * reasons are escaped once per distinct text.
+   */
+  *jsonChunks(per = 2000): Generator<string> {
+    const reasonJson = new Map<number, string>();
+    let lastMs = NaN;
+    let lastIso = 'null';
+    let parts: string[] = [];
+    for (const [family, pool] of [
+      [4, this.v4],
+      [6, this.v6],
+    ] as const) {
+      for (let i = 0; i < pool.size; i++) {
+        const ms = pool.expires[i]!;
+        if (ms !== lastMs) {
+          lastMs = ms;
+          lastIso = Number.isNaN(ms) ? 'null' : `"${new Date(ms).toISOString()}"`;
+        }
+        const id = pool.reasons[i]!;
+        let reason = reasonJson.get(id);
+        if (reason === undefined) {
+          reason = id < 0 ? 'null' : JSON.stringify(this.reasonTexts[id]);
+          reasonJson.set(id, reason);
+        }
+        parts.push(`{"target":"${rangeText(pool, family, i)}","expires_at":${lastIso},"reason":${reason}}`);
+        if (parts.length === per) {
+          yield parts.join(',');
+          parts = [];
+        }
+      }
+    }
+    if (parts.length > 0) yield parts.join(',');
   }
 
   *entries(): Generator<DecisionEntry> {
@@ -311,8 +356,8 @@ export class DecisionSet {
   }
 
   /** Both families' targets as compact columns, for a blocklist build. */
-  columns(): { seq: number; v4: FamilyRanges; v6: FamilyRanges } {
-    return { seq: this.seq, v4: this.v4.columns(), v6: this.v6.columns() };
+  columns(into?: ColumnBuffers): { seq: number; v4: FamilyRanges; v6: FamilyRanges } {
+    return { seq: this.seq, v4: this.v4.columns(into), v6: this.v6.columns(into) };
   }
 
   snapshot(): DecisionSnapshot {

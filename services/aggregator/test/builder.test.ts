@@ -17,12 +17,13 @@ describe('BlocklistBuilder', () => {
   const set = new DecisionSet();
   let failNext = false;
   const builder = new BlocklistBuilder({
-    source: () => {
+    // Into the builder's shared buffers, as the service does: every build reuses them.
+    source: (buffers) => {
       if (failNext) {
         failNext = false;
         throw new Error('source broke');
       }
-      return set.columns();
+      return set.columns(buffers);
     },
     debounceMs: 5,
     logger: createLogger({ level: 'silent' }),
@@ -81,6 +82,7 @@ describe('BlocklistBuilder with BLOCKLIST_DIR', () => {
     const dir = await mkdtemp(join(tmpdir(), 'banbus-builder-'));
     const set = new DecisionSet();
     const builder = new BlocklistBuilder({
+      // Fresh arrays per build (transferred to the worker), the other way a source may answer.
       source: () => set.columns(),
       debounceMs: 5,
       dir,

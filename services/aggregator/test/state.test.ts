@@ -33,7 +33,7 @@ const op = fc.oneof(
     op: fc.constant('add' as const),
     target,
     expiresAt: fc.option(fc.integer({ min: 1_700_000_000_000, max: 1_900_000_000_000 })),
-    reason: fc.option(fc.constantFrom('sshd', 'nginx-http-auth', 'recidive', '3cx')),
+    reason: fc.option(fc.constantFrom('sshd', 'nginx-http-auth', 'recidive', '3cx', 'a "quoted" \\ reason')),
   }),
   fc.record({ op: fc.constant('del' as const), target }),
 );
@@ -54,7 +54,24 @@ describe('DecisionSet', () => {
           }
         }
         assert.equal(set.size, model.size);
-        assert.deepEqual(byTarget(set.snapshot().entries()), byTarget(model.values()));
+        const snapshot = set.snapshot();
+        assert.deepEqual(byTarget(snapshot.entries()), byTarget(model.values()));
+        // The JSON /v1/decisions streams says the same, whatever the chunk size.
+        const json = JSON.parse(`[${[...snapshot.jsonChunks(7)].join(',')}]`) as {
+          target: string;
+          expires_at: string | null;
+          reason: string | null;
+        }[];
+        assert.deepEqual(
+          byTarget(
+            json.map((j) => ({
+              target: j.target,
+              expiresAt: j.expires_at === null ? null : Date.parse(j.expires_at),
+              reason: j.reason,
+            })),
+          ),
+          byTarget(model.values()),
+        );
         const { v4, v6 } = set.columns();
         assert.deepEqual(
           [...texts(v4, 4), ...texts(v6, 6)].sort(),

@@ -3,10 +3,14 @@ import { z } from 'zod';
 import { CommonEnvSchema, parseEnv } from '@banbus/core';
 import { createLogger, createRegistry, stopOnSignals, type Logger, type Running } from '@banbus/runtime';
 import { ensureDatabase, migrate } from '@banbus/db';
-import { mainAggregator } from '@banbus/aggregator';
-import { mainIngest } from '@banbus/ingest';
-import { mainPersister } from '@banbus/persister';
+import type { mainAggregator as MainAggregatorFn } from '@banbus/aggregator';
+import type { mainIngest as MainIngestFn } from '@banbus/ingest';
+import type { mainPersister as MainPersisterFn } from '@banbus/persister';
 import { UsageError, type CliIo } from '../io.js';
+
+type MainIngest = typeof MainIngestFn;
+type MainPersister = typeof MainPersisterFn;
+type MainAggregator = typeof MainAggregatorFn;
 
 /** Services this build can run; the design's other services join this list as they land. */
 export const SERVICES = ['all', 'ingest', 'persister', 'aggregator'] as const;
@@ -31,6 +35,13 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
   // No name here: each service's child logger adds its own `service`.
   const logger = createLogger({ level: common.LOG_LEVEL });
   const registry = createRegistry();
+  // Each service's code is loaded only when this process runs it: a process running one service does
+  // not carry the others' modules (tens of megabytes for all of them).
+  const mainIngest: MainIngest = async (...args) => (await import('@banbus/ingest')).mainIngest(...args);
+  const mainPersister: MainPersister = async (...args) =>
+    (await import('@banbus/persister')).mainPersister(...args);
+  const mainAggregator: MainAggregator = async (...args) =>
+    (await import('@banbus/aggregator')).mainAggregator(...args);
   if (name === 'ingest') {
     const ingest = await mainIngest(env, { logger, registry });
     return { ...ingest, logger, ingestPort: ingest.port };
