@@ -153,8 +153,19 @@ const ReportFields = {
 /** Empty fields ("jail=" from a fail2ban tag that was empty) and nulls mean "not given". */
 function dropEmpty(value: unknown): unknown {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+  const fields = value as Record<string, unknown>;
+  // Most reports have no empty field: then the object is passed on as it is, without a copy.
+  let empty = false;
+  for (const k in fields) {
+    const v = fields[k];
+    if (v === '' || v === null || v === undefined) {
+      empty = true;
+      break;
+    }
+  }
+  if (!empty) return value;
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) if (v !== '' && v !== null && v !== undefined) out[k] = v;
+  for (const [k, v] of Object.entries(fields)) if (v !== '' && v !== null && v !== undefined) out[k] = v;
   return out;
 }
 
