@@ -8,6 +8,10 @@ import { withDatabase } from '../src/migrate.js';
 const SCHEMA_TABLES = [
   'active_bans',
   'allowlist',
+  'applier_status',
+  'audit_log',
+  'console_sessions',
+  'console_users',
   'decision_log',
   'decision_relay',
   'decision_seq',
@@ -16,6 +20,8 @@ const SCHEMA_TABLES = [
   'offenders',
   'reports',
 ];
+
+const MIGRATIONS = ['1732000000000_initial', '1733000000000_console'];
 
 let db: TestDatabase;
 const others: TestDatabase[] = [];
@@ -47,14 +53,14 @@ test('the migrations directory is found from source', () => {
 
 test('up creates every table of the schema, down removes them, up again works', async () => {
   assert.deepEqual(await tables(db.url), []);
-  assert.deepEqual(await migrate(db.url), ['1732000000000_initial']);
+  assert.deepEqual(await migrate(db.url), MIGRATIONS);
   assert.deepEqual(await tables(db.url), SCHEMA_TABLES);
   assert.deepEqual(await migrate(db.url), [], 'a second up has nothing to do');
 
-  assert.deepEqual(await migrate(db.url, { direction: 'down', count: Infinity }), ['1732000000000_initial']);
+  assert.deepEqual(await migrate(db.url, { direction: 'down', count: Infinity }), [...MIGRATIONS].reverse());
   assert.deepEqual(await tables(db.url), []);
 
-  assert.deepEqual(await migrate(db.url), ['1732000000000_initial']);
+  assert.deepEqual(await migrate(db.url), MIGRATIONS);
   assert.deepEqual(await tables(db.url), SCHEMA_TABLES);
 });
 
@@ -62,7 +68,7 @@ test('concurrent migrate calls on one database: one runs it, the other waits and
   const fresh = await createTestDatabase({ migrate: false });
   others.push(fresh);
   const results = await Promise.all([migrate(fresh.url), migrate(fresh.url)]);
-  assert.deepEqual(results.flat(), ['1732000000000_initial']);
+  assert.deepEqual(results.flat(), MIGRATIONS);
   assert.deepEqual(await tables(fresh.url), SCHEMA_TABLES);
 });
 
