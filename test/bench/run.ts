@@ -4,7 +4,9 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, type BenchRow } from './lib.js';
 import { benchAggregator } from './aggregator.js';
+import { benchApplier } from './applier.js';
 import { benchBlocklist } from './blocklist.js';
+import { benchConsole } from './console.js';
 import { benchIngest, benchPersister } from './pipeline.js';
 
 const PARTS: Record<string, () => Promise<BenchRow[]>> = {
@@ -12,6 +14,8 @@ const PARTS: Record<string, () => Promise<BenchRow[]>> = {
   persister: benchPersister,
   blocklist: benchBlocklist,
   aggregator: benchAggregator,
+  applier: benchApplier,
+  console: benchConsole,
 };
 
 const wanted = process.argv.slice(2);

@@ -53,6 +53,7 @@ describe(
         ...env,
         INGEST_PORT: String(port),
         AGGREGATOR_PORT: '0',
+        CONSOLE_PORT: '0',
         BANBUS_LISTEN: '127.0.0.1',
       });
       listener = await DecisionListener.start(amqpUrl, namespace);

@@ -61,6 +61,7 @@ describe('banbus run all', () => {
       ...env(),
       INGEST_PORT: String(port),
       AGGREGATOR_PORT: '0',
+      CONSOLE_PORT: '0',
       BANBUS_LISTEN: '127.0.0.1',
       PERSISTER_SWEEP_INTERVAL: '1',
     });

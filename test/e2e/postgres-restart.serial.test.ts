@@ -48,6 +48,7 @@ describe('PostgreSQL restart', () => {
       ...env,
       INGEST_PORT: String(port),
       AGGREGATOR_PORT: '0',
+      CONSOLE_PORT: '0',
       BANBUS_LISTEN: '127.0.0.1',
     });
     listener = await DecisionListener.start(amqpUrl, namespace);

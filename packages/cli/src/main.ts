@@ -1,9 +1,12 @@
 import { Command, CommanderError } from 'commander';
 import { ConfigError } from '@banbus/core';
 import { allowCommand } from './commands/allow.js';
+import { bansCommands } from './commands/bans.js';
 import { hostsCommand } from './commands/hosts.js';
+import { importCommand } from './commands/import.js';
 import { migrateCommand } from './commands/migrate.js';
 import { runCommand } from './commands/run.js';
+import { usersCommand } from './commands/users.js';
 import { UsageError, processIo, type CliIo } from './io.js';
 
 export function createProgram(io: CliIo): Command {
@@ -15,6 +18,9 @@ export function createProgram(io: CliIo): Command {
   migrateCommand(program, io);
   hostsCommand(program, io);
   allowCommand(program, io);
+  importCommand(program, io);
+  bansCommands(program, io);
+  usersCommand(program, io);
   runCommand(program, io);
   for (const command of program.commands) {
     command.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });

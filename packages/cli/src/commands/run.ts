@@ -6,15 +6,28 @@ import { ensureDatabase, migrate } from '@banbus/db';
 import type { mainAggregator as MainAggregatorFn } from '@banbus/aggregator';
 import type { mainIngest as MainIngestFn } from '@banbus/ingest';
 import type { mainPersister as MainPersisterFn } from '@banbus/persister';
+import type { mainRouteApplier as MainRouteApplierFn } from '@banbus/route-applier';
+import type { mainImporter3cx as MainImporter3cxFn } from '@banbus/importer-3cx';
+import type { mainConsole as MainConsoleFn } from '@banbus/console';
 import { UsageError, type CliIo } from '../io.js';
 
 type MainIngest = typeof MainIngestFn;
 type MainPersister = typeof MainPersisterFn;
 type MainAggregator = typeof MainAggregatorFn;
+type MainRouteApplier = typeof MainRouteApplierFn;
+type MainImporter3cx = typeof MainImporter3cxFn;
+type MainConsole = typeof MainConsoleFn;
 
-/** Services this build can run; the design's other services join this list as they land. */
-export const SERVICES = ['all', 'ingest', 'persister', 'aggregator'] as const;
-const PLANNED = ['console', 'route-applier', 'importer-3cx'];
+/** Every service of the design; `all` is the central ones in one process. */
+export const SERVICES = [
+  'all',
+  'ingest',
+  'persister',
+  'aggregator',
+  'route-applier',
+  'importer-3cx',
+  'console',
+] as const;
 export type ServiceName = (typeof SERVICES)[number];
 
 export interface RunningService extends Running {
@@ -23,6 +36,8 @@ export interface RunningService extends Running {
   ingestPort?: number;
   /** The port the aggregator listens on, when this process runs it. */
   aggregatorPort?: number;
+  /** The port the console listens on, when this process runs it. */
+  consolePort?: number;
 }
 
 /**
@@ -42,6 +57,11 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
     (await import('@banbus/persister')).mainPersister(...args);
   const mainAggregator: MainAggregator = async (...args) =>
     (await import('@banbus/aggregator')).mainAggregator(...args);
+  const mainConsole: MainConsole = async (...args) => (await import('@banbus/console')).mainConsole(...args);
+  if (name === 'console') {
+    const consoleService = await mainConsole(env, { logger, registry });
+    return { stop: () => consoleService.stop(), logger, consolePort: consoleService.port };
+  }
   if (name === 'ingest') {
     const ingest = await mainIngest(env, { logger, registry });
     return { ...ingest, logger, ingestPort: ingest.port };
@@ -49,6 +69,20 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
   if (name === 'aggregator') {
     const aggregator = await mainAggregator(env, { logger, registry });
     return { stop: () => aggregator.stop(), logger, aggregatorPort: aggregator.port };
+  }
+  if (name === 'route-applier') {
+    // One per host, not a central service: not part of `all`, and it needs no database.
+    const mainRouteApplier: MainRouteApplier = async (...args) =>
+      (await import('@banbus/route-applier')).mainRouteApplier(...args);
+    const applier = await mainRouteApplier(env, { logger, registry });
+    return { stop: () => applier.stop(), logger };
+  }
+  if (name === 'importer-3cx') {
+    // Runs beside a 3CX PBX and talks to ingest over HTTP: not part of `all`, no banbus database.
+    const mainImporter3cx: MainImporter3cx = async (...args) =>
+      (await import('@banbus/importer-3cx')).mainImporter3cx(...args);
+    const importer = await mainImporter3cx(env, { logger, registry });
+    return { stop: () => importer.stop(), logger };
   }
   if (name === 'persister') {
     const persister = await mainPersister(env, { logger, registry, serveHttp: true });
@@ -66,10 +100,13 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
     started.push(aggregator);
     const ingest = await mainIngest(env, { logger, registry });
     started.push(ingest);
+    const consoleService = await mainConsole(env, { logger, registry });
+    started.push(consoleService);
     return {
       logger,
       ingestPort: ingest.port,
       aggregatorPort: aggregator.port,
+      consolePort: consoleService.port,
       async stop() {
         // Ingest first: stop accepting, then the readers, then let the persister finish what it holds.
         for (const service of [...started].reverse()) await service.stop();
@@ -86,9 +123,6 @@ export function runCommand(program: Command, io: CliIo): void {
     .command('run <service>')
     .description(`start a service until SIGTERM: ${SERVICES.join(' | ')}`)
     .action(async (service: string) => {
-      if (PLANNED.includes(service)) {
-        throw new UsageError(`${service} is not part of this build yet; available: ${SERVICES.join(', ')}`);
-      }
       const name = z.enum(SERVICES).safeParse(service);
       if (!name.success)
         throw new UsageError(`unknown service ${service}; available: ${SERVICES.join(', ')}`);
