@@ -492,7 +492,7 @@ describe('refused requests', () => {
   });
 });
 
-test('429 with Retry-After once a host exceeds its rate; other hosts unaffected', async () => {
+test('429 with Retry-After once a host exceeds its rate; other hosts and admin tokens unaffected', async () => {
   const limited = await startIngest({
     config: config({ INGEST_RATE_LIMIT: '1', INGEST_RATE_BURST: '3' }),
     logger,
@@ -516,10 +516,16 @@ test('429 with Retry-After once a host exceeds its rate; other hosts unaffected'
     assert.ok(Number(over.headers.get('retry-after')) >= 1);
     const other = await call({ port: limited.port, token: 'report', json: { ip: '192.0.2.105' } });
     assert.equal(other.status, 202);
-    const got = await reader.take(3);
+    // An admin token (banbus import, manual bans) is not limited: far beyond the burst, twice.
+    const bulk = Array.from({ length: 10 }, (_, i) => ({ ip: `192.0.2.${110 + i}` }));
+    for (const part of [bulk.slice(0, 5), bulk.slice(5)]) {
+      const res = await call({ port: limited.port, token: 'admin', json: part });
+      assert.equal(res.status, 202, await res.text());
+    }
+    const got = await reader.take(13);
     assert.deepEqual(
       got.map((m) => m.report.target),
-      ['192.0.2.101', '192.0.2.102', '192.0.2.105'],
+      ['192.0.2.101', '192.0.2.102', '192.0.2.105', ...bulk.map((b) => b.ip)],
     );
   } finally {
     await limited.stop();

@@ -219,7 +219,7 @@ async function send(
         if (err.status === 429 && !told429) {
           told429 = true;
           io.err(
-            'banbus: ingest rate limit reached, pacing the import (raise INGEST_RATE_LIMIT / INGEST_RATE_BURST for bulk imports)\n',
+            "banbus: ingest rate limit reached, pacing the import (admin tokens are not limited: check the token's scopes)\n",
           );
         }
         const wait = err.retryAfterMs ?? Math.min(30_000, 250 * 2 ** failures);
