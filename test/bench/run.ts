@@ -61,6 +61,7 @@ const text = `# banbus benchmarks\n\n${stamp} — ${machine}\n\n${lines.join('\n
 console.log(text);
 const dir = join(ROOT, 'test/bench/results');
 mkdirSync(dir, { recursive: true });
-const name = parts.join('-');
+// The full run is the one the docs quote; a part run alone is named after its parts.
+const name = wanted.length ? parts.join('-') : 'all';
 writeFileSync(join(dir, `${name}.md`), text);
 writeFileSync(join(dir, `${name}.json`), JSON.stringify({ at: stamp, machine, rows }, null, 2) + '\n');

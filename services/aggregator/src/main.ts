@@ -1,7 +1,7 @@
 // Wires the aggregator: config → pool and bus → startAggregator. `banbus run aggregator` (and `run all`)
 // call this and own the signals; the pool and bus are closed after the aggregator stopped.
 import { AggregatorEnvSchema, parseEnv } from '@banbus/core';
-import type { Logger, Registry, Running } from '@banbus/runtime';
+import { startWithResources, type Logger, type Registry, type Running } from '@banbus/runtime';
 import { Bus } from '@banbus/bus';
 import { createPool } from '@banbus/db';
 import { startAggregator } from './index.js';
@@ -12,29 +12,21 @@ export async function mainAggregator(
 ): Promise<Running & { port: number; ready(): boolean }> {
   const config = parseEnv(AggregatorEnvSchema, env);
   const logger = shared.logger.child({ service: 'aggregator' });
-  const pool = createPool(config.DATABASE_URL, { logger, applicationName: 'banbus-aggregator' });
-  let bus: Bus | undefined;
-  try {
-    bus = await Bus.connect({
-      url: config.AMQP_URL,
-      namespace: config.BANBUS_NAMESPACE,
-      logger,
-      registry: shared.registry,
-    });
+  return startWithResources(async (resources) => {
+    const pool = resources.hold(
+      createPool(config.DATABASE_URL, { logger, applicationName: 'banbus-aggregator' }),
+      (p) => p.end(),
+    );
+    const bus = resources.hold(
+      await Bus.connect({
+        url: config.AMQP_URL,
+        namespace: config.BANBUS_NAMESPACE,
+        logger,
+        registry: shared.registry,
+      }),
+      (b) => b.close(),
+    );
     const aggregator = await startAggregator({ config, logger, registry: shared.registry, pool, bus });
-    const connected = bus;
-    return {
-      port: aggregator.port,
-      ready: () => aggregator.ready(),
-      async stop() {
-        await aggregator.stop();
-        await connected.close();
-        await pool.end();
-      },
-    };
-  } catch (err) {
-    await bus?.close().catch(() => undefined);
-    await pool.end().catch(() => undefined);
-    throw err;
-  }
+    return { port: aggregator.port, ready: () => aggregator.ready(), stop: () => aggregator.stop() };
+  });
 }

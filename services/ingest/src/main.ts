@@ -1,7 +1,7 @@
 // Wires ingest: config → pool and bus → startIngest. `banbus run ingest` (and `run all`) call this and
 // own the signals; the pool and bus are closed after ingest stopped, so in-flight requests finish.
 import { IngestEnvSchema, parseEnv } from '@banbus/core';
-import type { Logger, Registry, Running } from '@banbus/runtime';
+import { startWithResources, type Logger, type Registry, type Running } from '@banbus/runtime';
 import { Bus } from '@banbus/bus';
 import { createPool } from '@banbus/db';
 import { startIngest } from './index.js';
@@ -12,28 +12,21 @@ export async function mainIngest(
 ): Promise<Running & { port: number }> {
   const config = parseEnv(IngestEnvSchema, env);
   const logger = shared.logger.child({ service: 'ingest' });
-  const pool = createPool(config.DATABASE_URL, { logger, applicationName: 'banbus-ingest' });
-  let bus: Bus | undefined;
-  try {
-    bus = await Bus.connect({
-      url: config.AMQP_URL,
-      namespace: config.BANBUS_NAMESPACE,
-      logger,
-      registry: shared.registry,
-    });
+  return startWithResources(async (resources) => {
+    const pool = resources.hold(
+      createPool(config.DATABASE_URL, { logger, applicationName: 'banbus-ingest' }),
+      (p) => p.end(),
+    );
+    const bus = resources.hold(
+      await Bus.connect({
+        url: config.AMQP_URL,
+        namespace: config.BANBUS_NAMESPACE,
+        logger,
+        registry: shared.registry,
+      }),
+      (b) => b.close(),
+    );
     const ingest = await startIngest({ config, logger, registry: shared.registry, pool, bus });
-    const connected = bus;
-    return {
-      port: ingest.port,
-      async stop() {
-        await ingest.stop();
-        await connected.close();
-        await pool.end();
-      },
-    };
-  } catch (err) {
-    await bus?.close().catch(() => undefined);
-    await pool.end().catch(() => undefined);
-    throw err;
-  }
+    return { port: ingest.port, stop: () => ingest.stop() };
+  });
 }
