@@ -38,8 +38,8 @@ CREATE TABLE audit_log (
   client text
 );
 
--- The last heartbeat of every applier that reports in (POST /v1/admin/appliers/heartbeat): how far it
--- applied the decision stream. Lag in seqs is computed against decision_seq when shown.
+-- The last status of every applier that reports in (read by the console from CONSOLE_APPLIERS, or pushed
+-- to POST /v1/admin/appliers/heartbeat): how far it applied the decision stream. Lag in seqs is computed against decision_seq when shown.
 CREATE TABLE applier_status (
   applier text PRIMARY KEY,
   seq bigint NOT NULL,

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import pg from 'pg';
-import { runCli, type CliIo } from '@banbus/cli';
+import { createProgram, runCli, type CliIo } from '@banbus/cli';
 import { createTestDatabase } from '../../../test/harness/index.js';
 
 interface Result {
@@ -173,6 +173,49 @@ describe('banbus usage', () => {
     assert.match(help.out, /allow/);
     assert.match(help.out, /migrate/);
     assert.equal((await run('hosts', 'add', '--help')).code, 0);
+  });
+
+  test('--help works on every command and subcommand, and exits 0 without touching anything', async () => {
+    // The command tree is read from the program itself, so a command added later is walked too. No
+    // database is reachable at this URL: --help must answer before any connection is made.
+    const paths: string[][] = [];
+    const walk = (command: ReturnType<typeof createProgram>, prefix: string[]) => {
+      for (const sub of command.commands) {
+        const path = [...prefix, sub.name()];
+        paths.push(path);
+        walk(sub, path);
+      }
+    };
+    walk(createProgram({ env: {}, out: () => undefined, err: () => undefined }), []);
+    const names = paths.map((p) => p.join(' '));
+    for (const expected of [
+      'migrate',
+      'hosts add',
+      'hosts list',
+      'hosts revoke',
+      'allow add',
+      'allow list',
+      'allow remove',
+      'import',
+      'ban',
+      'unban',
+      'list',
+      'show',
+      'stats',
+      'users add',
+      'users list',
+      'run',
+    ])
+      assert.ok(names.includes(expected), `${expected} is a command (have: ${names.join(', ')})`);
+    const run = cli('postgres://postgres@127.0.0.1:1/none');
+    for (const path of [[], ...paths]) {
+      const r = await run(...path, '--help');
+      const what = ['banbus', ...path].join(' ');
+      assert.equal(r.code, 0, `${what} --help → ${r.code} ${r.err}`);
+      assert.equal(r.err, '', `${what} --help writes nothing to stderr`);
+      assert.ok(r.out.startsWith(`Usage: ${what}`), `${what} --help: ${r.out.slice(0, 80)}`);
+      assert.match(r.out, /-h, --help/, what);
+    }
   });
 
   test('a bad environment names the variable and exits 2', async () => {

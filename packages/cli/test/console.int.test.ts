@@ -173,12 +173,48 @@ describe('banbus ban, unban, list, show, stats', () => {
         [['list', '--frobnicate'], 2, /unknown option/],
         [['show'], 2, /missing required argument/],
         [['show', '1.2.3'], 2, /TARGET/],
+        [['show', '1.2.3.4', '5.6.7.8'], 2, /too many arguments/],
+        [['ban', '198.19.204.9', '198.19.204.10'], 2, /too many arguments/],
+        [['ban', '198.19.204.9', '--reason', ''], 2, /--reason/],
+        [['ban', '198.19.204.9', '--reason', 'x'.repeat(201)], 2, /--reason/],
+        [['unban'], 2, /missing required argument/],
+        [['unban', '198.19.204.9', '--reason', 'a\tb'], 2, /--reason/],
+        [['list', '--jail', ''], 2, /--jail/],
+        [['list', '--host', 'h'.repeat(64)], 2, /--host/],
+        [['list', '--until', 'tomorrow'], 2, /--until/],
+        [['list', 'extra'], 2, /too many arguments/],
+        [['stats', 'extra'], 2, /too many arguments/],
+        [['stats', '--frobnicate'], 2, /unknown option/],
       ];
       for (const [argv, code, message] of cases) {
         const r = await run(...argv);
         assert.equal(r.code, code, `${name}: ${argv.join(' ')} → ${r.code} ${r.err}`);
         assert.match(r.err, message, `${name}: ${argv.join(' ')}`);
       }
+    }
+  });
+
+  test('bad options are refused before anything is connected', async () => {
+    // Neither a console nor a database answers at these addresses: exit 2 shows the input was checked first.
+    const nowhere = [
+      cli({ BANBUS_CONSOLE_URL: 'http://127.0.0.1:9', BANBUS_TOKEN: world.tokens.admin }),
+      cli({ DATABASE_URL: 'postgres://postgres@127.0.0.1:9/none', AMQP_URL: 'amqp://127.0.0.1:9' }),
+    ];
+    for (const run of nowhere) {
+      const cases: [string[], RegExp][] = [
+        [['ban', '198.19.204.9', '--reason', ''], /--reason/],
+        [['unban', '198.19.204.9', '--reason', 'two\nlines'], /--reason/],
+        [['list', '--jail', ''], /--jail/],
+        [['list', '--origin', 'aliens'], /--origin: origin must be one of/],
+        [['list', '--since', 'yesterday'], /--since/],
+      ];
+      for (const [argv, message] of cases) {
+        const r = await run(...argv);
+        assert.equal(r.code, 2, `${argv.join(' ')} → ${r.code} ${r.err}`);
+        assert.match(r.err, message, argv.join(' '));
+      }
+      const down = await run('stats');
+      assert.equal(down.code, 1, 'good arguments get as far as the connection, which fails');
     }
   });
 

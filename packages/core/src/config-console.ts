@@ -26,6 +26,23 @@ export const ConsoleEnvSchema = CommonEnvSchema.merge(PolicyEnvSchema).extend({
   CONSOLE_SECURE_COOKIE: bool(false),
   /** An applier whose last heartbeat is older than this is shown as stale (seconds). */
   CONSOLE_APPLIER_STALE: DurationSeconds.pipe(z.number().int().min(1)).default(120),
+  /**
+   * Route-appliers the console reads, as base URLs of their status port (APPLIER_PORT), comma-separated:
+   * `http://web1:8084,http://web2:8084`. Each one's GET /v1/status is read every CONSOLE_APPLIER_POLL
+   * seconds, so the overview shows its seq and lag without the applier knowing the console.
+   */
+  CONSOLE_APPLIERS: z
+    .string()
+    .default('')
+    .transform((list) =>
+      list
+        .split(',')
+        .map((u) => u.trim().replace(/\/+$/, ''))
+        .filter((u) => u !== ''),
+    )
+    .pipe(z.array(z.url({ protocol: /^https?$/, error: 'expected http(s) URLs, comma-separated' }))),
+  /** Seconds between two reads of every applier in CONSOLE_APPLIERS. */
+  CONSOLE_APPLIER_POLL: DurationSeconds.pipe(z.number().int().min(1).max(3600)).default(15),
   /** Failed logins per client address per minute before further attempts are refused with 429. */
   CONSOLE_LOGIN_ATTEMPTS: z.coerce.number().int().min(1).max(10_000).default(10),
 });

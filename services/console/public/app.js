@@ -399,7 +399,7 @@ async function renderOverview() {
             h('td', {}, when(a.reported_at), a.stale ? ' (stale)' : ''),
           ),
         ),
-        'no applier has reported in (appliers POST /v1/admin/appliers/heartbeat)',
+        'no applier has reported in (list route-appliers in CONSOLE_APPLIERS, or POST /v1/admin/appliers/heartbeat)',
       ),
       h('p', { class: 'muted' }, `as of ${when(data.at)}`),
     );

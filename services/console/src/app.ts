@@ -7,7 +7,14 @@ import { createServiceApp, finishApp, HttpError, type Logger, type Registry } fr
 import type { AdminActions } from './actions.js';
 import type { ApplierStatusRepository } from './appliers.js';
 import type { Actor, AuditLog } from './audit.js';
-import { bearerToken, fromOwnOrigin, principalOf, type ConsoleAuth, type LoginLimiter } from './auth.js';
+import {
+  bearerToken,
+  checkSessionChange,
+  fromOwnOrigin,
+  principalOf,
+  type ConsoleAuth,
+  type LoginLimiter,
+} from './auth.js';
 import type { LiveEvents } from './events.js';
 import type { ConsoleQueries } from './queries.js';
 import {
@@ -171,20 +178,27 @@ export function createConsoleApp(o: ConsoleAppOptions): Express {
     res.status(204).end();
   });
 
+  // Logging out changes nothing but the caller's own session, so a read-only session may do it too; it is
+  // still a change the browser could be tricked into, so it needs the session's CSRF token.
+  api.delete('/session', async (req, res) => {
+    const p = await o.auth.principal(req);
+    if (!p || p.sessionId === undefined)
+      throw new HttpError(401, 'no session to end: log in first', 'authorization', {
+        'WWW-Authenticate': 'Bearer realm="banbus-console"',
+      });
+    checkSessionChange(req, p);
+    await o.sessions.destroy(p.sessionId);
+    res.clearCookie(o.auth.cookie, { httpOnly: true, sameSite: 'strict', secure: o.secureCookie, path: '/' });
+    await o.audit.record({ name: p.actor, client: req.ip }, 'logout', null);
+    res.status(204).end();
+  });
+
   // Everything below needs a principal: read scope to read, admin scope (and CSRF with a session) to change.
   api.use(o.auth.require());
 
   api.get('/session', (_req, res) => {
     const p = principalOf(res);
     res.json({ actor: p.actor, scopes: p.scopes, via: p.via, csrf: p.csrf ?? null });
-  });
-
-  api.delete('/session', async (req, res) => {
-    const p = principalOf(res);
-    if (p.sessionId !== undefined) await o.sessions.destroy(p.sessionId);
-    res.clearCookie(o.auth.cookie, { httpOnly: true, sameSite: 'strict', secure: o.secureCookie, path: '/' });
-    await o.audit.record(actorOf(req, res), 'logout', null);
-    res.status(204).end();
   });
 
   api.get('/overview', async (_req, res) => {

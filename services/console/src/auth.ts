@@ -149,14 +149,18 @@ export class ConsoleAuth {
   }
 }
 
+/** Throws 403 when a change made with a session comes from another site or lacks the session's CSRF token. */
+export function checkSessionChange(req: Request, principal: Principal): void {
+  if (principal.via !== 'session') return;
+  if (!fromOwnOrigin(req)) throw new HttpError(403, 'cross-site request refused', 'origin');
+  const sent = req.headers[CSRF_HEADER];
+  if (typeof sent !== 'string' || sent === '' || !principal.csrf || !sameText(sent, principal.csrf))
+    throw new HttpError(403, 'missing or wrong CSRF token', 'X-CSRF-Token');
+}
+
 /** Throws 403 unless `principal` may make this change (admin scope; for sessions: own origin and CSRF token). */
 export function checkChange(req: Request, principal: Principal): void {
-  if (principal.via === 'session') {
-    if (!fromOwnOrigin(req)) throw new HttpError(403, 'cross-site request refused', 'origin');
-    const sent = req.headers[CSRF_HEADER];
-    if (typeof sent !== 'string' || sent === '' || !principal.csrf || !sameText(sent, principal.csrf))
-      throw new HttpError(403, 'missing or wrong CSRF token', 'X-CSRF-Token');
-  }
+  checkSessionChange(req, principal);
   if (!principal.scopes.includes('admin'))
     throw new HttpError(403, `${principal.actor} has no admin scope: changes are refused`, 'authorization');
 }

@@ -3,13 +3,14 @@
 // decides and the decision stream carries them. The pool, bus, logger and registry belong to the caller,
 // which may share them with other services in one process (`banbus run all`).
 import type pg from 'pg';
+import type { Express } from 'express';
 import type { ConsoleEnv } from '@banbus/core';
 import type { Bus } from '@banbus/bus';
 import { HostRepository } from '@banbus/db';
 import { listen, type Logger, type Registry, type Running } from '@banbus/runtime';
 import type { AdminActions } from './actions.js';
 import { createConsoleApp } from './app.js';
-import { ApplierStatusRepository } from './appliers.js';
+import { ApplierPoller, ApplierStatusRepository } from './appliers.js';
 import { ConsoleAuth, LoginLimiter } from './auth.js';
 import { LiveEvents } from './events.js';
 import { SessionStore } from './sessions.js';
@@ -28,7 +29,7 @@ export {
   type ReportPublisher,
   type UnbanResult,
 } from './actions.js';
-export { ApplierStatusRepository } from './appliers.js';
+export { ApplierPoller, ApplierStatusRepository, type PollResult } from './appliers.js';
 export { AuditLog, AUDIT_ACTIONS, type Actor, type AuditAction, type AuditEntry } from './audit.js';
 export { ConsoleAuth, LoginLimiter, CSRF_HEADER, cookieName, type Principal } from './auth.js';
 export { LiveEvents } from './events.js';
@@ -63,6 +64,10 @@ export interface ConsoleRunning extends Running {
   readonly queries: ConsoleQueries;
   readonly actions: AdminActions;
   readonly events: LiveEvents;
+  /** Reads the appliers in CONSOLE_APPLIERS; poll() reads them all now. */
+  readonly appliers: ApplierPoller;
+  /** The express app (its routes are walked by the security tests). */
+  readonly app: Express;
 }
 
 export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
@@ -72,6 +77,15 @@ export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
   const sessions = new SessionStore(pool, config.CONSOLE_SESSION_TTL);
   const events = new LiveEvents({ databaseUrl: config.DATABASE_URL, logger });
   audit.onRecord((entry) => events.send('audit', entry));
+
+  const applierStatus = new ApplierStatusRepository(pool);
+  const poller = new ApplierPoller({
+    urls: config.CONSOLE_APPLIERS,
+    intervalMs: config.CONSOLE_APPLIER_POLL * 1000,
+    repository: applierStatus,
+    logger,
+    onStatus: (status) => events.send('appliers', { applier: status.host, seq: status.seq }),
+  });
 
   let dbUp = true;
   const app = createConsoleApp({
@@ -89,7 +103,7 @@ export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
     queries,
     actions,
     audit,
-    appliers: new ApplierStatusRepository(pool),
+    appliers: applierStatus,
     events,
     sessionTtlSeconds: config.CONSOLE_SESSION_TTL,
     secureCookie: config.CONSOLE_SECURE_COOKIE,
@@ -108,6 +122,7 @@ export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
     }
   };
   await sweep();
+  poller.start();
   const sweeper = setInterval(() => void sweep(), 60_000);
   sweeper.unref();
 
@@ -116,10 +131,14 @@ export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
     server = await listen(app, config.CONSOLE_PORT, config.BANBUS_LISTEN);
   } catch (err) {
     clearInterval(sweeper);
+    await poller.stop();
     await events.stop();
     throw err;
   }
-  logger.info({ port: server.port, host: config.BANBUS_LISTEN }, 'console listening');
+  logger.info(
+    { port: server.port, host: config.BANBUS_LISTEN, appliers: config.CONSOLE_APPLIERS.length },
+    'console listening',
+  );
   const listening = server;
   return {
     port: listening.port,
@@ -127,8 +146,11 @@ export async function startConsole(deps: ConsoleDeps): Promise<ConsoleRunning> {
     queries,
     actions,
     events,
+    appliers: poller,
+    app,
     async stop() {
       clearInterval(sweeper);
+      await poller.stop();
       // Open event streams would hold the server's close until their clients leave.
       await events.stop();
       await listening.close();

@@ -33,6 +33,17 @@ describe('console admin API', () => {
   const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
   const auditCount = async () =>
     Number((await world.pool.query<{ n: string }>('SELECT count(*) AS n FROM audit_log')).rows[0]!.n);
+  /** Everything a change could touch at once (bans arrive later, through the persister: the audit log says). */
+  const tables = async () =>
+    (
+      await world.pool.query<{ state: string }>(
+        `SELECT concat_ws(' ',
+           (SELECT count(*) FROM audit_log), (SELECT count(*) FROM allowlist),
+           (SELECT count(*) FROM hosts), (SELECT count(*) FROM hosts WHERE revoked_at IS NOT NULL),
+           (SELECT count(*) FROM applier_status), (SELECT count(*) FROM console_sessions),
+           (SELECT count(*) FROM console_users)) AS state`,
+      )
+    ).rows[0]!.state;
 
   describe('login and session', () => {
     test('a password login sets an HttpOnly, SameSite=Strict session cookie and returns a CSRF token', async () => {
@@ -112,6 +123,39 @@ describe('console admin API', () => {
       const after = await c.request('GET', '/v1/admin/session');
       assert.equal(after.status, 401);
     });
+
+    test('logout needs the CSRF token and its own origin, not the admin scope', async () => {
+      const c = new Client(con.url);
+      assert.equal((await c.login({ token: world.tokens.read })).status, 200);
+      const refused: [string, Promise<{ status: number }>, number][] = [
+        ['no CSRF token', c.request('DELETE', '/v1/admin/session', undefined, { csrf: null }), 403],
+        [
+          'a wrong CSRF token',
+          c.request('DELETE', '/v1/admin/session', undefined, { csrf: admin.csrf! }),
+          403,
+        ],
+        [
+          'another origin',
+          c.request('DELETE', '/v1/admin/session', undefined, {
+            headers: { origin: 'https://evil.example' },
+          }),
+          403,
+        ],
+        ['no session', new Client(con.url).request('DELETE', '/v1/admin/session'), 401],
+      ];
+      for (const [what, pending, status] of refused) assert.equal((await pending).status, status, what);
+      assert.equal((await c.request('GET', '/v1/admin/session')).status, 200, 'the session is still open');
+      assert.equal(
+        (await c.request('DELETE', '/v1/admin/session')).status,
+        204,
+        'a read-only session logs out',
+      );
+      assert.equal((await c.request('GET', '/v1/admin/session')).status, 401);
+      const { rows } = await world.pool.query(
+        `SELECT actor FROM audit_log WHERE action = 'logout' ORDER BY id DESC LIMIT 1`,
+      );
+      assert.equal(rows[0].actor, 'reader');
+    });
   });
 
   describe('every change needs an admin session and its CSRF token (or an admin bearer token)', () => {
@@ -174,10 +218,44 @@ describe('console admin API', () => {
       },
     ];
 
+    // Routes that change something but are not walked above, each with its own test: logging in (it
+    // opens the session the CSRF token belongs to), logging out (any session, with its CSRF token), and an
+    // applier's heartbeat (a bearer token only; a cookie is not looked at).
+    const OWN_TESTS = ['POST /session', 'DELETE /session', 'POST /appliers/heartbeat'];
+    const WALKED: Record<string, string> = {
+      ban: 'POST /ban',
+      unban: 'POST /unban',
+      'allowlist add': 'POST /allowlist',
+      'allowlist remove': 'DELETE /allowlist/*network',
+      'host add': 'POST /hosts',
+      'host revoke': 'POST /hosts/:name/revoke',
+      'applier forget': 'DELETE /appliers/:name',
+    };
+
+    test('the walk below covers every changing route of the admin API', () => {
+      // Read from the express app itself, so that a route added later without being walked fails here.
+      type Layer = {
+        route?: { path: string; methods: Record<string, boolean> };
+        handle?: { stack?: Layer[] };
+      };
+      const stack = (con.app as unknown as { router: { stack: Layer[] } }).router.stack;
+      const api = stack.find((l) => l.handle?.stack?.some((r) => r.route?.path === '/ban'));
+      assert.ok(api, 'the /v1/admin router');
+      const changing = api
+        .handle!.stack!.flatMap((l) =>
+          l.route ? Object.keys(l.route.methods).map((m) => `${m.toUpperCase()} ${l.route!.path}`) : [],
+        )
+        .filter((r) => !/^(GET|HEAD|OPTIONS) /.test(r))
+        .sort();
+      assert.deepEqual(changing, [...OWN_TESTS, ...Object.values(WALKED)].sort());
+      assert.deepEqual(Object.keys(WALKED).sort(), routes.map((r) => r.name).sort());
+    });
+
     for (const route of routes) {
       test(route.name, async () => {
         const [method, path, body] = await route.prepare();
         const before = await auditCount();
+        const state = await tables();
         const anonymous = new Client(con.url);
         const refusals: [string, Promise<{ status: number; text: string }>, number][] = [
           ['no credentials', anonymous.request(method, path, body), 401],
@@ -222,6 +300,7 @@ describe('console admin API', () => {
           assert.equal(answer.status, status, `${what}: ${answer.status} ${answer.text}`);
         }
         assert.equal(await auditCount(), before, 'nothing was changed or recorded');
+        assert.equal(await tables(), state, 'no row was added, removed or revoked');
         const done = await admin.request(method, path, body);
         assert.equal(done.status, route.ok, done.text);
         assert.equal(await auditCount(), before + 1, 'the change is in the audit log');
@@ -549,6 +628,11 @@ describe('console admin API', () => {
           body: JSON.stringify(body),
         });
       assert.equal((await post(heartbeat, {})).status, 401);
+      assert.equal(
+        (await post(heartbeat, { cookie: admin.cookie!, 'x-csrf-token': admin.csrf! })).status,
+        401,
+        'a session cookie does not stand in for the token',
+      );
       assert.equal((await post(heartbeat, bearer(world.tokens.report))).status, 403);
       const bad = await post({ host: 'edge1', seq: -1 });
       assert.equal(bad.status, 400);
@@ -570,6 +654,59 @@ describe('console admin API', () => {
       assert.ok(seq.bans_per_hour.reduce((n, h) => n + h.bans, 0) > 0);
       assert.ok(seq.top_hosts.some((h) => h.host === 'web1'));
       assert.ok(seq.top_jails.some((j) => j.jail === 'sshd'));
+    });
+
+    test('the console reads the route-appliers in CONSOLE_APPLIERS: seq, lag, and the one that stops answering', async () => {
+      const agg = await world.startAggregator();
+      const applier = await world.startApplier('edge-poll', agg);
+      await waitFor(() => applier.applier.ready, { what: "the applier's first snapshot" });
+      const down = 'http://127.0.0.1:9';
+      const polling = await world.startConsole({
+        CONSOLE_APPLIERS: [applier.url, down],
+        CONSOLE_APPLIER_POLL: 3600,
+      });
+      const c = new Client(polling.url);
+      await c.login({ token: world.tokens.read });
+      const edge = async () =>
+        ((await c.request('GET', '/v1/admin/overview')).body as Overview).appliers.find(
+          (a) => a.applier === 'edge-poll',
+        );
+      // Read once at start, without any heartbeat being posted.
+      const first = await waitFor(edge, { what: 'edge-poll in the overview' });
+      assert.equal(first.backend, 'dry-run');
+      assert.equal(first.reported_by, applier.url);
+      assert.equal(first.ready, true);
+
+      const target = freshAddress();
+      const change = await world.publish([report({ target })]);
+      await waitFor(() => applier.applier.seq >= change.seq, { what: 'the applier to apply the ban' });
+      const results = await polling.appliers.poll();
+      assert.deepEqual(
+        results.map((r) => ('error' in r ? `${r.url} error` : `${r.url} ${r.heartbeat.seq}`)),
+        [`${applier.url} ${applier.applier.seq}`, `${down} error`],
+      );
+      const now = await waitFor(async () => {
+        polling.queries.invalidate();
+        const e = await edge();
+        return e && e.seq >= change.seq ? e : undefined;
+      });
+      assert.equal(now.entries, applier.applier.kernelView.size);
+
+      // It stops answering: the row stays with its last seq, and its lag grows with the stream.
+      await applier.stop();
+      const later = await world.publish([report({ target: freshAddress() })]);
+      const after = await polling.appliers.poll();
+      assert.ok('error' in after[0]!, 'the stopped applier does not answer');
+      const behind = await waitFor(async () => {
+        polling.queries.invalidate();
+        const o = (await c.request('GET', '/v1/admin/overview')).body as Overview;
+        return o.published_seq >= later.seq ? o : undefined;
+      });
+      const stale = behind.appliers.find((a) => a.applier === 'edge-poll')!;
+      assert.equal(stale.seq, now.seq);
+      assert.ok(stale.lag_seqs >= later.seq - now.seq, JSON.stringify(stale));
+      await polling.stop();
+      await agg.stop();
     });
 
     test('the event stream announces new decisions and audit entries as they happen', async () => {

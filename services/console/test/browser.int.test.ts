@@ -10,8 +10,17 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { hashToken } from '@banbus/db';
+import { DryRunBackend } from '@banbus/route-applier';
 import { waitFor } from '../../../test/harness/index.js';
-import { PASSWORD, createWorld, report, type TestAggregator, type TestConsole, type World } from './setup.js';
+import {
+  PASSWORD,
+  createWorld,
+  report,
+  type TestAggregator,
+  type TestApplier,
+  type TestConsole,
+  type World,
+} from './setup.js';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = fileURLToPath(new URL('../../../test/artifacts/', import.meta.url));
@@ -33,6 +42,7 @@ describe(
     let world: World;
     let con: TestConsole;
     let agg: TestAggregator;
+    let applier: TestApplier;
     let context: BrowserContext;
     let page: Page;
     let profile: string;
@@ -41,7 +51,12 @@ describe(
     before(async () => {
       world = await createWorld();
       agg = await world.startAggregator();
-      con = await world.startConsole();
+      // A real route-applier (dry-run backend) that the console reads on its /v1/status.
+      applier = await world.startApplier('edge-browser', agg);
+      await waitFor(() => applier.applier.ready, { what: "the applier's first snapshot" });
+      con = await world.startConsole({ CONSOLE_APPLIERS: [applier.url] });
+      // Its first read runs in the background at start; this one is awaited, so the overview has it.
+      await con.appliers.poll();
       await world.publish([
         report({
           target: '203.0.113.0/24',
@@ -135,6 +150,7 @@ describe(
       // The chart's last bar is this hour, where the test's bans were made.
       assert.ok(Number(await page.locator('#bans-per-hour rect.bar').last().getAttribute('height')) > 0);
       assert.ok(await page.isVisible('text=edge1'), 'the applier that reported in is listed');
+      assert.ok(await page.isVisible('text=edge-browser'), 'the route-applier the console reads is listed');
       // The session cookie is out of reach of scripts.
       assert.equal(await page.evaluate(() => document.cookie), '');
 
@@ -178,11 +194,17 @@ describe(
       await shot('detail');
     });
 
-    test('unban lifts it everywhere: the aggregator blocklist loses it', async () => {
+    test('unban lifts it everywhere: the blocklist and the route-applier lose it', async () => {
       assert.ok((await blocklist()).includes('203.0.113.0/24'));
+      const kernel = applier.backend;
+      assert.ok(kernel instanceof DryRunBackend);
+      await waitFor(() => kernel.entries.has('203.0.113.0/24'), { what: 'the applier to hold the ban' });
       await page.click('button.unban[data-target="203.0.113.0/24"]');
       await waitFor(async () => !(await blocklist()).includes('203.0.113.0/24'), {
         what: 'the blocklist to lose 203.0.113.0/24',
+      });
+      await waitFor(() => !kernel.entries.has('203.0.113.0/24'), {
+        what: "the route-applier's set to lose 203.0.113.0/24",
       });
       // The detail page follows the stream by itself.
       await page.waitForSelector('#status:has-text("not banned")');

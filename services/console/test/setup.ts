@@ -5,6 +5,7 @@ import type pg from 'pg';
 import {
   AggregatorEnvSchema,
   ConsoleEnvSchema,
+  RouteApplierEnvSchema,
   parseEnv,
   type AggregatorEnv,
   type ConsoleEnv,
@@ -16,6 +17,7 @@ import { createPool, HostRepository } from '@banbus/db';
 import { createRegistry } from '@banbus/runtime';
 import { startAggregator, type AggregatorRunning } from '@banbus/aggregator';
 import type { PersisterRunning } from '@banbus/persister';
+import { startRouteApplier, type RouteApplierRunning } from '@banbus/route-applier';
 import {
   createWorld as createPipelineWorld,
   type World as PipelineWorld,
@@ -28,12 +30,15 @@ export const PASSWORD = 'correct horse battery staple';
 
 export type TestConsole = ConsoleRunning & { url: string; pool: pg.Pool; bus: Bus };
 export type TestAggregator = AggregatorRunning & { url: string };
+export type TestApplier = RouteApplierRunning & { url: string };
 
 export interface World extends Omit<PipelineWorld, 'start' | 'config' | 'close'> {
   persister: PersisterRunning;
   tokens: { read: string; report: string; admin: string };
   startConsole(overrides?: Partial<ConsoleEnv>): Promise<TestConsole>;
   startAggregator(): Promise<TestAggregator>;
+  /** A real route-applier with the dry-run backend, following this world's stream and `aggregator`. */
+  startApplier(host: string, aggregator: TestAggregator): Promise<TestApplier>;
   /** Publishes reports and waits until the persister relayed the change of the last one's target. */
   publish(reports: Report[]): Promise<DecisionChange>;
   close(): Promise<void>;
@@ -131,6 +136,37 @@ export async function createWorld(): Promise<World> {
         await stopAggregator();
         await ownBus.close();
         await ownPool.end();
+      };
+      running.push({ stop });
+      return Object.assign(started, { url: `http://127.0.0.1:${started.port}`, stop });
+    },
+    async startApplier(host, aggregator) {
+      const config = parseEnv(RouteApplierEnvSchema, {
+        AMQP_URL: amqpUrl,
+        BANBUS_NAMESPACE: namespace,
+        LOG_LEVEL: 'silent',
+        BANBUS_URL: aggregator.url,
+        BANBUS_TOKEN: tokens.read,
+        APPLIER_HOST: host,
+        APPLIER_BACKEND: 'dry-run',
+        APPLIER_PORT: '0',
+        BANBUS_LISTEN: '127.0.0.1',
+        APPLIER_CHECK_INTERVAL: '0',
+      });
+      const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
+      const started = await startRouteApplier({
+        config,
+        logger,
+        registry: createRegistry(false),
+        bus: ownBus,
+      });
+      let stopped = false;
+      const stopApplier = started.stop.bind(started);
+      const stop = async () => {
+        if (stopped) return;
+        stopped = true;
+        await stopApplier();
+        await ownBus.close();
       };
       running.push({ stop });
       return Object.assign(started, { url: `http://127.0.0.1:${started.port}`, stop });

@@ -6,7 +6,7 @@
 import { userInfo } from 'node:os';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { ConsoleEnvSchema, DurationSeconds, TargetSchema, parseEnv } from '@banbus/core';
+import { ConsoleEnvSchema, DurationSeconds, TargetSchema, describeIssue, parseEnv } from '@banbus/core';
 import { createLogger } from '@banbus/runtime';
 import { createPool } from '@banbus/db';
 import type { Bus } from '@banbus/bus';
@@ -35,6 +35,17 @@ const FLAGS: Record<string, string> = {
   limit: '--limit',
   cursor: '--cursor',
 };
+
+/**
+ * Checks the whole input against the API's own schema before anything is connected: a bad option is exit 2
+ * naming the option, whether or not the console or the database can be reached.
+ */
+function checkInput(schema: z.ZodType, input: unknown): void {
+  const result = schema.safeParse(input);
+  if (result.success) return;
+  const { field, message } = describeIssue(result.error);
+  throw new UsageError(`${FLAGS[field] ?? field}: ${message}`);
+}
 
 /** A failed admin call as the CLI reports it: bad input → exit 2, everything else → exit 1. */
 async function call<T>(fn: () => Promise<T>): Promise<T> {
@@ -135,12 +146,14 @@ export function bansCommands(program: Command, io: CliIo): void {
               opts.duration,
               '--duration',
             );
+      const input = {
+        target,
+        ...(duration !== undefined ? { duration } : {}),
+        ...(opts.reason !== undefined ? { reason: opts.reason } : {}),
+      };
+      checkInput((await import('@banbus/console')).BanSchema, input);
       await withClient(io, { publishes: true }, async (client) => {
-        const result = await client.ban({
-          target,
-          ...(duration !== undefined ? { duration } : {}),
-          ...(opts.reason !== undefined ? { reason: opts.reason } : {}),
-        });
+        const result = await client.ban(input);
         if (opts.json) return io.out(JSON.stringify(result, null, 2) + '\n');
         io.out(
           `ban of ${result.target} sent (report ${result.report}, ${
@@ -158,12 +171,14 @@ export function bansCommands(program: Command, io: CliIo): void {
     .option('--json', 'print JSON')
     .action(async (targetArg: string, opts: { reason?: string; force?: boolean; json?: boolean }) => {
       const target = parseArg(TargetSchema, targetArg, 'TARGET');
+      const input = {
+        target,
+        ...(opts.reason !== undefined ? { reason: opts.reason } : {}),
+        ...(opts.force ? { force: true } : {}),
+      };
+      checkInput((await import('@banbus/console')).UnbanSchema, input);
       await withClient(io, { publishes: true }, async (client) => {
-        const result = await client.unban({
-          target,
-          ...(opts.reason !== undefined ? { reason: opts.reason } : {}),
-          ...(opts.force ? { force: true } : {}),
-        });
+        const result = await client.unban(input);
         if (opts.json) return io.out(JSON.stringify(result, null, 2) + '\n');
         io.out(
           `unban of ${result.target} sent (report ${result.report}); it ends ${result.lifts.length} decision(s)` +
@@ -222,6 +237,10 @@ export function bansCommands(program: Command, io: CliIo): void {
           ...(opts.asc ? { order: 'asc' as const } : opts.desc ? { order: 'desc' as const } : {}),
           limit,
         };
+        checkInput((await import('@banbus/console')).DecisionQuerySchema, {
+          ...base,
+          ...(opts.cursor !== undefined ? { cursor: opts.cursor } : {}),
+        });
         await withClient(io, { publishes: false }, async (client) => {
           let cursor = opts.cursor;
           let first = true;
