@@ -38,6 +38,7 @@ export {
 } from './ingest-client.js';
 export {
   PgEventSource,
+  sourceConfig,
   SourceShapeError,
   sourceIdentity,
   type EventSource,

@@ -1,5 +1,6 @@
 // The 3CX database, read-only. The PBX owns it: the importer only SELECTs, never writes or locks.
 import pg from 'pg';
+import type { Importer3cxEnv } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
 import type { EventRow } from './events.js';
 
@@ -13,6 +14,19 @@ export interface SourceConfig {
   textColumn?: string | undefined;
   /** Unset: the row is known by md5 of its text form. */
   idColumn?: string | undefined;
+}
+
+/** The THREECX_* settings as a SourceConfig. */
+export function sourceConfig(config: Importer3cxEnv): SourceConfig {
+  return {
+    url: config.THREECX_DATABASE_URL,
+    table: config.THREECX_TABLE,
+    timeColumn: config.THREECX_TIME_COLUMN,
+    eventColumn: config.THREECX_EVENT_COLUMN,
+    eventIds: config.THREECX_EVENT_IDS,
+    textColumn: config.THREECX_TEXT_COLUMN,
+    idColumn: config.THREECX_ID_COLUMN,
+  };
 }
 
 /** What the importer needs of the event log (tests may fake it). */

@@ -22,6 +22,7 @@ import {
   CursorFile,
   IngestClient,
   PgEventSource,
+  sourceConfig,
   startImporter3cx,
   type Importer3cxRunning,
   type ReportSender,
@@ -204,18 +205,7 @@ export async function createWorld(): Promise<World> {
         ...overrides,
       };
       const registry = createRegistry(false);
-      const source = new PgEventSource(
-        {
-          url: config.THREECX_DATABASE_URL,
-          table: config.THREECX_TABLE,
-          timeColumn: config.THREECX_TIME_COLUMN,
-          eventColumn: config.THREECX_EVENT_COLUMN,
-          eventIds: config.THREECX_EVENT_IDS,
-          textColumn: config.THREECX_TEXT_COLUMN,
-          idColumn: config.THREECX_ID_COLUMN,
-        },
-        pipeline.logger,
-      );
+      const source = new PgEventSource(sourceConfig(config), pipeline.logger);
       const sender = new CountingSender(
         new IngestClient({ url: config.BANBUS_INGEST_URL, token: config.BANBUS_TOKEN, timeoutMs: 5_000 }),
       );
