@@ -1,10 +1,17 @@
 // A pipeline for integration tests: a database and a namespace of their own, a bus to publish reports,
-// a listener on the decision stream, and persisters started on demand (each with its own bus and pool).
+// a listener on the decision stream, and persisters (or any service, through serve) started on demand,
+// each with its own bus and pool.
 // Used by the persister's and the aggregator's tests; not re-exported from index.ts, so tests that do not
 // need a persister do not load one.
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { parseEnv, PersisterEnvSchema, type PersisterEnv, type Report } from '@banbus/core';
+import {
+  parseEnv,
+  PersisterEnvSchema,
+  type DecisionChange,
+  type PersisterEnv,
+  type Report,
+} from '@banbus/core';
 import { Bus } from '@banbus/bus';
 import { createPool } from '@banbus/db';
 import { createLogger, createRegistry, type Logger, type Registry } from '@banbus/runtime';
@@ -18,6 +25,13 @@ import {
 } from './index.js';
 import { startPersister, type PersisterRunning } from '@banbus/persister';
 
+/** What serve gives a service of its own, as its main.ts would. */
+export interface Own {
+  pool: pg.Pool;
+  bus: Bus;
+  registry: Registry;
+}
+
 export interface World {
   db: TestDatabase;
   amqpUrl: string;
@@ -29,9 +43,14 @@ export interface World {
   listener: DecisionListener;
   config(overrides?: Partial<PersisterEnv>): PersisterEnv;
   /** Starts a persister with its own bus and pool; stopped by close(). */
-  start(
-    overrides?: Partial<PersisterEnv>,
-  ): Promise<PersisterRunning & { bus: Bus; pool: pg.Pool; registry: Registry }>;
+  start(overrides?: Partial<PersisterEnv>): Promise<PersisterRunning & Own>;
+  /**
+   * Starts a service on a pool, a bus and a registry of its own. Its stop (idempotent) also closes them;
+   * close() stops whatever is still running.
+   */
+  serve<S extends { stop(): Promise<void> }>(start: (own: Own) => Promise<S>): Promise<S & Own>;
+  /** Publishes reports and waits until the persister relayed the change of the last one's target. */
+  publish(reports: Report[]): Promise<DecisionChange>;
   close(): Promise<void>;
 }
 
@@ -54,6 +73,34 @@ export async function createWorld(): Promise<World> {
     }),
     ...overrides,
   });
+  const serve: World['serve'] = async (startService) => {
+    const own: Own = {
+      pool: createPool(db.url, { logger }),
+      bus: await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) }),
+      registry: createRegistry(false),
+    };
+    const closeOwn = async () => {
+      await own.bus.close();
+      await own.pool.end();
+    };
+    let service;
+    try {
+      service = await startService(own);
+    } catch (err) {
+      await closeOwn().catch(() => undefined);
+      throw err;
+    }
+    const stopService = service.stop.bind(service);
+    let stopped = false;
+    const stop = async () => {
+      if (stopped) return;
+      stopped = true;
+      await stopService();
+      await closeOwn();
+    };
+    running.push({ stop });
+    return Object.assign(service, own, { stop });
+  };
   return {
     db,
     amqpUrl,
@@ -63,26 +110,14 @@ export async function createWorld(): Promise<World> {
     bus,
     listener,
     config,
-    async start(overrides = {}) {
-      const ownPool = createPool(db.url, { logger });
-      const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
-      const registry = createRegistry(false);
-      const persister = await startPersister({
-        config: config(overrides),
-        logger,
-        registry,
-        pool: ownPool,
-        bus: ownBus,
-      });
-      const handle = Object.assign(persister, { bus: ownBus, pool: ownPool, registry });
-      running.push({
-        async stop() {
-          await persister.stop();
-          await ownBus.close();
-          await ownPool.end();
-        },
-      });
-      return handle;
+    start: (overrides = {}) => serve((own) => startPersister({ config: config(overrides), logger, ...own })),
+    serve,
+    async publish(reports) {
+      const last = reports[reports.length - 1]!;
+      await bus.publishReports(reports);
+      return listener.next(
+        (c) => c.target === last.target && c.op === (last.action === 'unban' ? 'del' : 'add'),
+      );
     },
     async close() {
       for (const r of running.reverse()) await r.stop().catch(() => undefined);

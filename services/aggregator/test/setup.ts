@@ -1,40 +1,29 @@
 // Wiring for the aggregator's integration tests: the shared pipeline world (own database and namespace,
 // a real persister making decisions from published reports) plus aggregators started on demand, each
 // with its own bus and pool.
-import type pg from 'pg';
-import {
-  AggregatorEnvSchema,
-  parseEnv,
-  type AggregatorEnv,
-  type DecisionChange,
-  type Report,
-} from '@banbus/core';
-import { Bus } from '@banbus/bus';
-import { createPool, HostRepository } from '@banbus/db';
-import { createRegistry, type Registry } from '@banbus/runtime';
+import { AggregatorEnvSchema, parseEnv, type AggregatorEnv } from '@banbus/core';
+import { HostRepository } from '@banbus/db';
 import type { PersisterRunning } from '@banbus/persister';
 import {
   createWorld as createPipelineWorld,
+  type Own,
   type World as PipelineWorld,
 } from '../../../test/harness/world.js';
 import { startAggregator, type AggregatorRunning } from '../src/index.js';
 
 export { report } from '../../../test/harness/world.js';
 
-export type TestAggregator = AggregatorRunning & { bus: Bus; pool: pg.Pool; registry: Registry; url: string };
+export type TestAggregator = AggregatorRunning & Own & { url: string };
 
-export interface World extends Omit<PipelineWorld, 'start' | 'config' | 'close'> {
+export interface World extends Omit<PipelineWorld, 'start' | 'config'> {
   persister: PersisterRunning;
   tokens: { read: string; report: string; admin: string };
   startAggregator(overrides?: Partial<AggregatorEnv>): Promise<TestAggregator>;
-  /** Publishes reports and waits until the persister relayed the change of the last one's target. */
-  publish(reports: Report[]): Promise<DecisionChange>;
-  close(): Promise<void>;
 }
 
 export async function createWorld(): Promise<World> {
   const base = await createPipelineWorld();
-  const { db, amqpUrl, namespace, logger, pool, bus, listener } = base;
+  const { db, amqpUrl, namespace, logger, pool } = base;
   const persister = await base.start();
   const hosts = new HostRepository(pool);
   const tokens = {
@@ -42,15 +31,8 @@ export async function createWorld(): Promise<World> {
     report: (await hosts.add('reporter', ['report'])).token,
     admin: (await hosts.add('operator', ['admin'])).token,
   };
-  const running: { stop(): Promise<void> }[] = [];
   return {
-    db,
-    amqpUrl,
-    namespace,
-    logger,
-    pool,
-    bus,
-    listener,
+    ...base,
     persister,
     tokens,
     async startAggregator(overrides = {}) {
@@ -66,38 +48,8 @@ export async function createWorld(): Promise<World> {
         }),
         ...overrides,
       };
-      const ownPool = createPool(db.url, { logger });
-      const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
-      const registry = createRegistry(false);
-      const aggregator = await startAggregator({ config, logger, registry, pool: ownPool, bus: ownBus });
-      let stopped = false;
-      const stopAggregator = aggregator.stop.bind(aggregator);
-      const stop = async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopAggregator();
-        await ownBus.close();
-        await ownPool.end();
-      };
-      running.push({ stop });
-      return Object.assign(aggregator, {
-        bus: ownBus,
-        pool: ownPool,
-        registry,
-        url: `http://127.0.0.1:${aggregator.port}`,
-        stop,
-      });
-    },
-    async publish(reports) {
-      const last = reports[reports.length - 1]!;
-      await bus.publishReports(reports);
-      return listener.next(
-        (c) => c.target === last.target && c.op === (last.action === 'unban' ? 'del' : 'add'),
-      );
-    },
-    async close() {
-      for (const r of running.reverse()) await r.stop().catch(() => undefined);
-      await base.close();
+      const aggregator = await base.serve((own) => startAggregator({ config, logger, ...own }));
+      return Object.assign(aggregator, { url: `http://127.0.0.1:${aggregator.port}` });
     },
   };
 }

@@ -9,12 +9,9 @@ import {
   parseEnv,
   type AggregatorEnv,
   type ConsoleEnv,
-  type DecisionChange,
-  type Report,
 } from '@banbus/core';
-import { Bus } from '@banbus/bus';
-import { createPool, HostRepository } from '@banbus/db';
-import { createRegistry } from '@banbus/runtime';
+import type { Bus } from '@banbus/bus';
+import { HostRepository } from '@banbus/db';
 import { startAggregator, type AggregatorRunning } from '@banbus/aggregator';
 import type { PersisterRunning } from '@banbus/persister';
 import { startRouteApplier, type RouteApplierRunning } from '@banbus/route-applier';
@@ -32,21 +29,18 @@ export type TestConsole = ConsoleRunning & { url: string; pool: pg.Pool; bus: Bu
 export type TestAggregator = AggregatorRunning & { url: string };
 export type TestApplier = RouteApplierRunning & { url: string };
 
-export interface World extends Omit<PipelineWorld, 'start' | 'config' | 'close'> {
+export interface World extends Omit<PipelineWorld, 'start' | 'config'> {
   persister: PersisterRunning;
   tokens: { read: string; report: string; admin: string };
   startConsole(overrides?: Partial<ConsoleEnv>): Promise<TestConsole>;
   startAggregator(): Promise<TestAggregator>;
   /** A real route-applier with the dry-run backend, following this world's stream and `aggregator`. */
   startApplier(host: string, aggregator: TestAggregator): Promise<TestApplier>;
-  /** Publishes reports and waits until the persister relayed the change of the last one's target. */
-  publish(reports: Report[]): Promise<DecisionChange>;
-  close(): Promise<void>;
 }
 
 export async function createWorld(): Promise<World> {
   const base = await createPipelineWorld();
-  const { db, amqpUrl, namespace, logger, pool, bus, listener } = base;
+  const { db, amqpUrl, namespace, logger, pool } = base;
   const persister = await base.start();
   const hosts = new HostRepository(pool);
   const tokens = {
@@ -55,22 +49,8 @@ export async function createWorld(): Promise<World> {
     admin: (await hosts.add('operator', ['admin'])).token,
   };
   await new UserRepository(pool).add('alice', PASSWORD);
-  const running: { stop(): Promise<void> }[] = [];
-
-  async function own() {
-    const ownPool = createPool(db.url, { logger });
-    const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
-    return { ownPool, ownBus };
-  }
-
   return {
-    db,
-    amqpUrl,
-    namespace,
-    logger,
-    pool,
-    bus,
-    listener,
+    ...base,
     persister,
     tokens,
     async startConsole(overrides = {}) {
@@ -85,30 +65,8 @@ export async function createWorld(): Promise<World> {
         }),
         ...overrides,
       };
-      const { ownPool, ownBus } = await own();
-      const started = await startConsole({
-        config,
-        logger,
-        registry: createRegistry(false),
-        pool: ownPool,
-        bus: ownBus,
-      });
-      let stopped = false;
-      const stopConsole = started.stop.bind(started);
-      const stop = async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopConsole();
-        await ownBus.close();
-        await ownPool.end();
-      };
-      running.push({ stop });
-      return Object.assign(started, {
-        url: `http://127.0.0.1:${started.port}`,
-        pool: ownPool,
-        bus: ownBus,
-        stop,
-      });
+      const started = await base.serve((own) => startConsole({ config, logger, ...own }));
+      return Object.assign(started, { url: `http://127.0.0.1:${started.port}` });
     },
     async startAggregator() {
       const config: AggregatorEnv = parseEnv(AggregatorEnvSchema, {
@@ -120,25 +78,8 @@ export async function createWorld(): Promise<World> {
         BANBUS_LISTEN: '127.0.0.1',
         AGGREGATOR_REBUILD_DEBOUNCE_MS: '20',
       });
-      const { ownPool, ownBus } = await own();
-      const started = await startAggregator({
-        config,
-        logger,
-        registry: createRegistry(false),
-        pool: ownPool,
-        bus: ownBus,
-      });
-      let stopped = false;
-      const stopAggregator = started.stop.bind(started);
-      const stop = async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopAggregator();
-        await ownBus.close();
-        await ownPool.end();
-      };
-      running.push({ stop });
-      return Object.assign(started, { url: `http://127.0.0.1:${started.port}`, stop });
+      const started = await base.serve((own) => startAggregator({ config, logger, ...own }));
+      return Object.assign(started, { url: `http://127.0.0.1:${started.port}` });
     },
     async startApplier(host, aggregator) {
       const config = parseEnv(RouteApplierEnvSchema, {
@@ -153,34 +94,8 @@ export async function createWorld(): Promise<World> {
         BANBUS_LISTEN: '127.0.0.1',
         APPLIER_CHECK_INTERVAL: '0',
       });
-      const ownBus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
-      const started = await startRouteApplier({
-        config,
-        logger,
-        registry: createRegistry(false),
-        bus: ownBus,
-      });
-      let stopped = false;
-      const stopApplier = started.stop.bind(started);
-      const stop = async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopApplier();
-        await ownBus.close();
-      };
-      running.push({ stop });
-      return Object.assign(started, { url: `http://127.0.0.1:${started.port}`, stop });
-    },
-    async publish(reports) {
-      const last = reports[reports.length - 1]!;
-      await bus.publishReports(reports);
-      return listener.next(
-        (c) => c.target === last.target && c.op === (last.action === 'unban' ? 'del' : 'add'),
-      );
-    },
-    async close() {
-      for (const r of running.reverse()) await r.stop().catch(() => undefined);
-      await base.close();
+      const started = await base.serve((own) => startRouteApplier({ config, logger, ...own }));
+      return Object.assign(started, { url: `http://127.0.0.1:${started.port}` });
     },
   };
 }
