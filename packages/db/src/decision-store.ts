@@ -109,7 +109,8 @@ export interface DecisionStoreOptions {
   sweepBatchSize?: number;
 }
 
-interface DecisionDbRow {
+/** A decisions row as selected with `target::text AS target`, before it becomes a DecisionRow. */
+export interface DecisionTableRow {
   target: string;
   origin: Origin;
   first_seen: Date;
@@ -847,7 +848,7 @@ export class DecisionStore {
       const { rows: seqRows } = await client.query<{ last: string }>(
         'SELECT last FROM decision_seq WHERE id = 1',
       );
-      const { rows } = await client.query<DecisionDbRow>(
+      const { rows } = await client.query<DecisionTableRow>(
         `SELECT ${DECISION_COLUMNS} FROM decisions ORDER BY target`,
       );
       await client.query('COMMIT');

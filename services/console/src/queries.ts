@@ -3,6 +3,7 @@
 import type pg from 'pg';
 import { ORIGINS, parseTarget, targetFromDb, type Origin } from '@banbus/core';
 import { HttpError } from '@banbus/runtime';
+import type { DecisionTableRow } from '@banbus/db';
 import type { DecisionQuery, Order, Sort } from './schemas.js';
 
 export interface DecisionItem {
@@ -107,15 +108,7 @@ export const INSIDE_LIMIT = 10_000;
 
 const iso = (d: Date | null): string | null => (d === null ? null : d.toISOString());
 
-interface DecisionDbRow {
-  target: string;
-  origin: Origin;
-  first_seen: Date;
-  last_seen: Date;
-  expires_at: Date | null;
-  reporters: number;
-  ban_count: number;
-  reason: string | null;
+interface DecisionDbRow extends DecisionTableRow {
   jails: string[];
   hosts: string[];
   /** last_seen in microseconds since the epoch, for the cursor (timestamptz has microseconds, Date not). */
@@ -296,20 +289,13 @@ export class ConsoleQueries {
           WHERE target = $1::cidr ORDER BY banned_at DESC, host, jail`,
         [t],
       ),
-      this.pool.query<{
-        id: string;
-        action: 'ban' | 'unban';
-        host: string;
-        origin: Origin;
-        jail: string | null;
-        reason: string | null;
-        bantime: number | null;
-        failures: number | null;
-        matches: string | null;
-        reported_at: Date;
-        received_at: Date;
-        outcome: string | null;
-      }>(
+      this.pool.query<
+        Omit<ReportItem, 'reported_at' | 'received_at'> & {
+          reported_at: Date;
+          received_at: Date;
+          outcome: string | null;
+        }
+      >(
         `SELECT id, action, host, origin, jail, reason, bantime, failures, matches, reported_at, received_at, outcome
            FROM reports WHERE target = $1::cidr ORDER BY received_at DESC, id LIMIT ${REPORT_LIMIT + 1}`,
         [t],
