@@ -40,6 +40,15 @@ export interface BusOptions {
   initialConnectRetries?: number;
   /** Longest pause between reconnect attempts. Default 5000 ms. */
   maxReconnectDelayMs?: number;
+  /**
+   * What this process declares on every (re)connect. `'shared'` (default): the shared topology (reports
+   * exchange and persister queue, decisions fanout, dead-letter exchange and queue), as the central services
+   * need. `'own-queues'`: nothing shared, only a check that the decisions fanout exists (a passive declare,
+   * which needs no permission); consumers still declare their own queues in `declare`. For clients whose
+   * RabbitMQ user may configure nothing but their own queue, such as a host's route-applier
+   * (docs/rabbitmq.md): declaring the shared names needs configure permission on every one of them.
+   */
+  declares?: 'shared' | 'own-queues';
 }
 
 export interface PublishOptions {
@@ -77,6 +86,15 @@ export interface ConsumeOptions<T> {
    * resolved. A transient failure requeues only once every batch in flight has settled.
    */
   concurrency?: number;
+  /**
+   * How a message that failed (not transiently) comes back before its last attempt. `'republish'` (default):
+   * a copy with x-banbus-attempts goes to the queue's tail through the default exchange and the original is
+   * acked, so it holds up nothing behind it. `'requeue'`: it is returned to its place (nack) and its attempts
+   * are counted in this process. Publishing to the default exchange needs write permission on
+   * `amq.default`, which would let a user publish to any queue by name (the persister's among them): a
+   * client restricted to its own queue (docs/rabbitmq.md) uses `'requeue'`.
+   */
+  retry?: 'republish' | 'requeue';
 }
 
 export interface Consumer {
@@ -239,7 +257,18 @@ export class Bus {
     declaring.on('error', (err: Error) =>
       this.logger.warn({ err: describe(err) }, 'declaring the topology failed'),
     );
-    await declareTopology(declaring, this.topology);
+    if ((this.options.declares ?? 'shared') === 'shared') {
+      await declareTopology(declaring, this.topology);
+    } else {
+      // Binding a queue to a missing exchange fails anyway; checking first names the cause, and the
+      // reconnect loop waits until the central services have declared it.
+      await declaring.checkExchange(this.topology.decisionsExchange).catch((err: unknown) => {
+        throw new Error(
+          `the decision exchange ${this.topology.decisionsExchange} is not there (the central services declare it): ${describe(err)}`,
+          { cause: err },
+        );
+      });
+    }
     await declaring.close();
     this.model = model;
     await this.openPublisher(model);
@@ -504,6 +533,8 @@ export class QueueConsumer<T> implements Consumer {
   /** Cut the transient backoffs short (cancel, channel closed). */
   private readonly wakers = new Set<() => void>();
   private idleWaiters: (() => void)[] = [];
+  /** retry 'requeue': failed handler runs per message (the message itself cannot carry the count back). */
+  private readonly failures = new Map<string, number>();
 
   constructor(
     private readonly bus: Bus,
@@ -661,7 +692,7 @@ export class QueueConsumer<T> implements Consumer {
           held,
           delivery: {
             body: parsed.value,
-            attempt: attemptOf(held.message),
+            attempt: this.attemptOf(held.message),
             messageId: held.message.properties.messageId,
           },
         });
@@ -677,7 +708,7 @@ export class QueueConsumer<T> implements Consumer {
         );
       }
       await this.deadLetter(
-        invalid.map(({ held, reason }) => ({ held, reason, attempts: attemptOf(held.message) })),
+        invalid.map(({ held, reason }) => ({ held, reason, attempts: this.attemptOf(held.message) })),
       );
     }
     if (valid.length === 0) {
@@ -694,7 +725,7 @@ export class QueueConsumer<T> implements Consumer {
       }
       await handled;
       this.transientFailures = 0;
-      for (const p of valid) ack(p.held);
+      for (const p of valid) this.succeeded(p.held);
       return;
     } catch (err) {
       if (await this.handledAsTransient(err)) return;
@@ -710,12 +741,23 @@ export class QueueConsumer<T> implements Consumer {
       try {
         await this.options.handler([p.delivery]);
         this.transientFailures = 0;
-        ack(p.held);
+        this.succeeded(p.held);
       } catch (err) {
         if (await this.handledAsTransient(err)) return;
         await this.failed(p, err);
       }
     }
+  }
+
+  private succeeded(held: Held): void {
+    ack(held);
+    if (this.failures.size > 0) this.failures.delete(failureKey(held.message));
+  }
+
+  private attemptOf(message: ConsumeMessage): number {
+    const counted = attemptOf(message);
+    if (this.failures.size === 0) return counted;
+    return Math.max(counted, (this.failures.get(failureKey(message)) ?? 0) + 1);
   }
 
   private parse(message: ConsumeMessage): { ok: true; value: T } | { ok: false; reason: string } {
@@ -794,6 +836,12 @@ export class QueueConsumer<T> implements Consumer {
     }
     this.logger.warn({ messageId: p.delivery.messageId, attempts, reason }, 'message failed; will retry');
     const { message } = p.held;
+    if (this.options.retry === 'requeue') {
+      if (this.failures.size >= MAX_TRACKED_FAILURES) this.failures.clear();
+      this.failures.set(failureKey(message), attempts);
+      nack(p.held);
+      return;
+    }
     try {
       // The default exchange routes to the queue by name: the copy goes to this queue only, at its tail.
       await this.bus.send([
@@ -829,7 +877,10 @@ export class QueueConsumer<T> implements Consumer {
           }),
         })),
       );
-      for (const { held } of items) ack(held);
+      for (const { held } of items) {
+        ack(held);
+        if (this.failures.size > 0) this.failures.delete(failureKey(held.message));
+      }
       this.metrics?.deadLettered.inc({ queue: this.options.queue }, items.length);
     } catch (err) {
       this.logger.warn({ err: describe(err) }, 'could not dead-letter; requeueing');
@@ -867,6 +918,14 @@ function nack(held: Held): void {
   } catch {
     // channel closed: requeued by the broker anyway
   }
+}
+
+/** Bounds the memory of retry 'requeue' should many different messages fail. */
+const MAX_TRACKED_FAILURES = 10_000;
+
+function failureKey(message: ConsumeMessage): string {
+  const id = message.properties.messageId as unknown;
+  return typeof id === 'string' && id !== '' ? `id:${id}` : `body:${message.content.toString('base64')}`;
 }
 
 function attemptOf(message: ConsumeMessage): number {
