@@ -8,21 +8,16 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
+import { z } from 'zod';
 import { Bus, topology, type Topology } from '@banbus/bus';
-import { createLogger } from '@banbus/runtime';
-import { amqpTestUrl, deleteNamespace, testNamespace } from '../harness/index.js';
+import { parseEnv, RouteApplierEnvSchema } from '@banbus/core';
+import { applierQueueArguments, mainRouteApplier } from '@banbus/route-applier';
+import { createLogger, createRegistry } from '@banbus/runtime';
+import { amqpTestUrl, deleteNamespace, testNamespace, waitFor } from '../harness/index.js';
+import { FakeAggregator } from '../../services/route-applier/test/support.js';
+import { applierPermissions } from './support.js';
 
 const run = promisify(execFile);
-
-/** The permissions docs/rabbitmq.md tells the operator to set for host HOST in namespace NS. */
-function applierPermissions(ns: string, host: string): { configure: string; write: string; read: string } {
-  const q = (s: string) => s.replace(/[.\\^$|?*+()[\]{}-]/g, '\\$&');
-  return {
-    configure: `^${q(ns)}\\.applier\\.${q(host)}$`,
-    write: `^${q(ns)}\\.(applier\\.${q(host)}|dead-letter)$`,
-    read: `^${q(ns)}\\.(applier\\.${q(host)}|decisions)$`,
-  };
-}
 
 const user = `bbt-${randomBytes(4).toString('hex')}-web1`;
 const password = randomBytes(12).toString('hex');
@@ -31,9 +26,18 @@ let ns: string;
 let t: Topology;
 let amqpUrl: string;
 let restricted: ChannelModel;
+let central: Bus;
+const silent = createLogger({ level: 'silent' });
 
 async function rabbitmqctl(...args: string[]): Promise<void> {
   await run('rabbitmqctl', ['-q', ...args], { timeout: 60_000 });
+}
+
+function restrictedUrl(): string {
+  const url = new URL(amqpUrl);
+  url.username = user;
+  url.password = password;
+  return url.toString();
 }
 
 /** Runs `fn` on a fresh channel of the restricted user; resolves with the broker's refusal, if any. */
@@ -56,8 +60,7 @@ before(async () => {
   ns = testNamespace();
   t = topology(ns);
   // The central services declare the shared topology (as ingest, persister and aggregator do).
-  const bus = await Bus.connect({ url: amqpUrl, namespace: ns, logger: createLogger({ level: 'silent' }) });
-  await bus.close();
+  central = await Bus.connect({ url: amqpUrl, namespace: ns, logger: silent });
   const p = applierPermissions(ns, host);
   await rabbitmqctl('add_user', user, password);
   await rabbitmqctl('set_permissions', '-p', '/', user, p.configure, p.write, p.read);
@@ -70,6 +73,7 @@ before(async () => {
 
 after(async () => {
   await restricted?.close().catch(() => undefined);
+  await central?.close().catch(() => undefined);
   await rabbitmqctl('delete_user', user).catch(() => undefined);
   if (amqpUrl) await deleteNamespace(amqpUrl, ns, [t.applierQueue(host), t.applierQueue('web2')]);
 });
@@ -79,14 +83,10 @@ describe('per-host RabbitMQ user of a route-applier (docs/rabbitmq.md)', () => {
     const queue = t.applierQueue(host);
     assert.equal(
       await attempt(async (ch) => {
+        // The arguments the route-applier declares its queue with.
         await ch.assertQueue(queue, {
           durable: true,
-          arguments: {
-            'x-queue-type': 'quorum',
-            'x-expires': 604_800_000,
-            'x-max-length': 100_000,
-            'x-overflow': 'drop-head',
-          },
+          arguments: applierQueueArguments(parseEnv(RouteApplierEnvSchema, { APPLIER_HOST: host })),
         });
         await ch.checkExchange(t.decisionsExchange);
         await ch.bindQueue(queue, t.decisionsExchange, '');
@@ -115,26 +115,96 @@ describe('per-host RabbitMQ user of a route-applier (docs/rabbitmq.md)', () => {
     ],
     ['publish reports', async (ch) => ch.publish(t.reportsExchange, 'report.ban', Buffer.from('{}'))],
     ['publish decisions', async (ch) => ch.publish(t.decisionsExchange, '', Buffer.from('{}'))],
+    // The default exchange routes to any queue by name: write on amq.default would mean fake reports.
+    [
+      'publish to a queue by name (the default exchange)',
+      async (ch) => ch.publish('', t.persisterQueue, Buffer.from('{}')),
+    ],
   ];
-  // @banbus/bus declares the whole shared topology (reports, persister, dead-letter queues) on every
-  // connect, which needs configure permission on all of it. Until the route-applier connects without
-  // that (checking only <ns>.decisions), a per-host user cannot run it: this marks the gap until then.
-  test(
-    "banbus's Bus connects as this user",
-    { todo: 'Bus.connect redeclares the shared topology; the route-applier needs a connect that does not' },
-    async () => {
-      const url = new URL(amqpUrl);
-      url.username = user;
-      url.password = password;
-      const bus = await Bus.connect({
-        url: url.toString(),
-        namespace: ns,
-        logger: createLogger({ level: 'silent' }),
-        initialConnectRetries: 0,
+  test('banbus run route-applier runs as this user and follows the stream', async () => {
+    const fake = await new FakeAggregator().start();
+    fake.push('add', '203.0.113.1');
+    const applier = await mainRouteApplier(
+      {
+        AMQP_URL: restrictedUrl(),
+        BANBUS_NAMESPACE: ns,
+        BANBUS_URL: fake.url,
+        APPLIER_HOST: host,
+        APPLIER_BACKEND: 'dry-run',
+        APPLIER_PORT: '0',
+        BANBUS_LISTEN: '127.0.0.1',
+      },
+      { logger: silent, registry: createRegistry(false) },
+    );
+    try {
+      const status = async () =>
+        (await fetch(`http://127.0.0.1:${applier.port}/v1/status`).then((r) => r.json())) as {
+          ready: boolean;
+          seq: number;
+          entries: number;
+        };
+      await waitFor(async () => (await status()).ready, { what: 'the snapshot' });
+      // A change on the stream reaches it through its own queue.
+      await central.publishDecisionChanges([fake.push('add', '198.51.100.7')]);
+      const s = await waitFor(async () => ((await status()).seq === 2 ? status() : undefined), {
+        what: 'seq 2 applied',
       });
+      assert.equal(s.entries, 2, JSON.stringify(s));
+    } finally {
+      await applier.stop();
+      await fake.stop();
+    }
+  });
+
+  test('a consumer of this user retries by requeueing and dead-letters what keeps failing', async () => {
+    const bus = await Bus.connect({
+      url: restrictedUrl(),
+      namespace: ns,
+      logger: silent,
+      declares: 'own-queues',
+      initialConnectRetries: 0,
+    });
+    const queue = t.applierQueue(host);
+    const attempts: number[] = [];
+    const consumer = await bus.consume({
+      queue,
+      declare: async (ch) => {
+        await ch.assertQueue(queue, {
+          durable: true,
+          arguments: applierQueueArguments(parseEnv(RouteApplierEnvSchema, { APPLIER_HOST: host })),
+        });
+        await ch.bindQueue(queue, t.decisionsExchange, '');
+      },
+      schema: z.unknown(),
+      prefetch: 10,
+      batchSize: 10,
+      maxRetries: 3,
+      retry: 'requeue',
+      handler: async (deliveries) => {
+        for (const d of deliveries) if (d.messageId === 'poison') attempts.push(d.attempt);
+        if (deliveries.some((d) => d.messageId === 'poison')) throw new Error('cannot apply');
+      },
+    });
+    // Read the dead-letter queue as the central services do.
+    const admin = await connect(amqpUrl);
+    const channel = await admin.createChannel();
+    try {
+      await central.publish(t.decisionsExchange, '', [{ poison: true }], { messageIds: ['poison'] });
+      const dead = await waitFor(
+        async () => {
+          const m = await channel.get(t.deadLetterQueue, { noAck: true });
+          return m && m.properties.messageId === 'poison' ? m : undefined;
+        },
+        { what: 'the dead-lettered message' },
+      );
+      assert.equal(dead.properties.headers?.['x-banbus-queue'], queue);
+      assert.deepEqual(attempts, [1, 2, 3]);
+    } finally {
+      await consumer.cancel();
       await bus.close();
-    },
-  );
+      await admin.close();
+    }
+  });
 
   for (const [what, fn] of refused) {
     test(`may not ${what}`, async () => {

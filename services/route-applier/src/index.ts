@@ -36,6 +36,7 @@ export {
   type SourceFailure,
 } from './source.js';
 export { diffSets, netEffect, pendingAfter, suspiciousSnapshot, KernelOps } from './changes.js';
+export { TargetSet, type TargetCollection } from './target-set.js';
 
 export interface RouteApplierDeps {
   config: RouteApplierEnv;
@@ -56,10 +57,21 @@ export interface RouteApplierRunning extends Running {
   ready(): boolean;
 }
 
-/** Arguments of a host's queue: see docs/route-applier.md ("The host's queue"). */
+/**
+ * Arguments of a host's queue: see docs/route-applier.md ("The host's queue").
+ *
+ * A classic durable queue, not a quorum queue. What it holds is derived data: every change in it is also
+ * in decision_log and in the aggregator's snapshot, and the applier heals any gap (a seq beyond the next)
+ * from a delta or a snapshot. Quorum replication buys nothing here that the applier does not already get
+ * from healing, and it cost the most of all: the relay's publish is confirmed only when every bound queue
+ * has it, so each host's queue added a Raft log write per decision and its CPU to RabbitMQ; twenty of
+ * them made up most of the broker's load and of the time from a relay's publish to its confirm. Durable
+ * with persistent messages it still survives a broker restart, and a host that was away still finds its
+ * changes waiting. No x-delivery-limit: classic queues have none; the consumer counts attempts itself.
+ */
 export function applierQueueArguments(config: RouteApplierEnv): Record<string, unknown> {
   return {
-    'x-queue-type': 'quorum',
+    'x-queue-type': 'classic',
     // A retired host's queue goes away by itself.
     'x-expires': config.APPLIER_QUEUE_EXPIRES * 1000,
     // A host away for long keeps the newest changes; the oldest are dropped (never dead-lettered, never
@@ -67,7 +79,6 @@ export function applierQueueArguments(config: RouteApplierEnv): Record<string, u
     // applier sees the dropped seqs as a gap and heals it from a delta or a snapshot.
     'x-max-length': config.APPLIER_QUEUE_MAX_LENGTH,
     'x-overflow': 'drop-head',
-    'x-delivery-limit': 50,
   };
 }
 
@@ -122,6 +133,8 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
       // The aggregator or the kernel tool being away says nothing about the message: wait and retry.
       isTransient: (err) => err instanceof SourceError || err instanceof BackendError,
       handler: (deliveries) => running.receive(deliveries.flatMap((d) => d.body)),
+      // A per-host RabbitMQ user may not publish through the default exchange (docs/rabbitmq.md).
+      retry: 'requeue',
     });
     running.start();
     if (config.APPLIER_CHECK_INTERVAL > 0) {

@@ -17,6 +17,8 @@ export async function mainRouteApplier(
     namespace: config.BANBUS_NAMESPACE,
     logger,
     registry: shared.registry,
+    // The central services own the shared topology; a host's user may configure only its own queue.
+    declares: 'own-queues',
   });
   try {
     const applier = await startRouteApplier({ config, logger, registry: shared.registry, bus });
