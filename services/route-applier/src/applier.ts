@@ -20,6 +20,7 @@ import { Coverage } from './coverage.js';
 import type { NeverBlock } from './never-block.js';
 import { SourceError, type DecisionSource, type SourceFailure } from './source.js';
 import { BackendError, type KernelBackend, type WriteFailure } from './backends/types.js';
+import { formatV4, TargetList, TargetSet, type TargetCollection } from './target-set.js';
 
 /** What the applier reports; metrics.ts turns it into Prometheus series. */
 export interface ApplierObserver {
@@ -53,7 +54,7 @@ export class Applier {
   /** The seq the kernel reflects; -1 before the first snapshot. */
   private heldSeq = -1;
   /** Every decision target this host enforces (refused ones excluded). */
-  private desired = new Set<string>();
+  private desired = new TargetSet();
   /** Decisions the never-block list keeps out of the kernel. */
   private refused = new Set<string>();
   private readonly coverage: Coverage | undefined;
@@ -91,12 +92,12 @@ export class Applier {
   }
 
   /** The decision targets this host enforces. */
-  get decisions(): ReadonlySet<string> {
+  get decisions(): TargetCollection {
     return this.desired;
   }
 
   /** What the kernel should hold now (the maximal decisions on a disjoint backend). */
-  get kernelView(): ReadonlySet<string> {
+  get kernelView(): TargetCollection {
     return this.coverage ? this.coverage.kernel : this.desired;
   }
 
@@ -366,12 +367,24 @@ export class Applier {
       this.noteSnapshotFailure(err);
       throw err;
     }
-    const desired = new Set<string>();
+    const desired = new TargetSet();
     const refused = new Set<string>();
     const targets: Target[] = [];
     const refusedNow: string[] = [];
     try {
-      for (const raw of snapshot.targets) {
+      const list = snapshot.targets;
+      let texts: Iterable<string> = list;
+      if (list instanceof TargetList && !this.coverage) {
+        // Single IPv4 addresses, nearly all of a snapshot, arrive as numbers: no string, no parse, no
+        // object per entry. The protected ones take the general path below, which names them.
+        const protectedV4: string[] = [];
+        for (const v of list.v4Values()) {
+          if (neverBlock.protectsV4(v)) protectedV4.push(formatV4(v));
+          else desired.addV4(v);
+        }
+        texts = protectedV4.length > 0 ? [...protectedV4, ...list.others()] : list.others();
+      }
+      for (const raw of texts) {
         let t: Target;
         try {
           t = parseTarget(raw);
@@ -395,14 +408,30 @@ export class Applier {
       );
       if (suspicious) throw new SourceError('suspicious', suspicious);
       const view = this.coverage ? this.coverage.reset(targets) : desired;
-      const { adds, dels } = diffSets(kernel, view);
+      const dels: string[] = [];
+      for (const t of kernel) if (!view.has(t)) dels.push(t);
       this.desired = desired;
       this.refused = refused;
       // From here on the new set is what we hold: if a write breaks, the next turn reconciles to it.
       this.heldSeq = snapshot.seq;
       this.dirty = false;
       // Adds first: while the diff is written the host never holds less than both old and new sets share.
-      await this.write(adds, [], true);
+      // In slices where the backend allows: the texts of 100k adds at once are some 10 MB of heap that
+      // the host keeps reserved long after the snapshot.
+      const sliceSize = backend.bulkSlice ?? Infinity;
+      let added = 0;
+      let slice: string[] = [];
+      for (const t of view) {
+        if (kernel.has(t)) continue;
+        slice.push(t);
+        if (slice.length >= sliceSize) {
+          await this.write(slice, [], true);
+          added += slice.length;
+          slice = [];
+        }
+      }
+      await this.write(slice, [], true);
+      added += slice.length;
       await this.write([], dels, true);
       this.saw(snapshot.seq);
       this.caughtUp();
@@ -416,7 +445,7 @@ export class Applier {
           seq: snapshot.seq,
           decisions: snapshot.targets.length,
           held: view.size,
-          added: adds.length,
+          added,
           removed: dels.length,
           refused: refused.size,
           ms: Math.round(performance.now() - started),

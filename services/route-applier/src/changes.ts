@@ -1,6 +1,7 @@
 // Pure helpers over decision changes and target sets: ordering the stream, net effects, diffs and the
 // snapshot guard. No I/O: the applier and the tests call them directly.
 import type { DecisionChange } from '@banbus/core';
+import type { TargetCollection } from './target-set.js';
 
 /**
  * The changes still to apply after `held`, in seq order, each seq once. Redeliveries, the relay
@@ -32,8 +33,8 @@ export function netEffect(changes: readonly DecisionChange[]): Map<string, 'add'
 
 /** What to add and delete so that `current` becomes `desired`. */
 export function diffSets(
-  current: ReadonlySet<string>,
-  desired: ReadonlySet<string>,
+  current: TargetCollection,
+  desired: TargetCollection,
 ): { adds: string[]; dels: string[] } {
   const adds: string[] = [];
   const dels: string[] = [];

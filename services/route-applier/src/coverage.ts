@@ -3,6 +3,7 @@
 // inside another decision. Coverage keeps that view current as decisions come and go. Pure.
 import { compareTargets, contains, parseTarget, type Target } from '@banbus/core';
 import type { KernelOps } from './changes.js';
+import type { TargetCollection } from './target-set.js';
 
 /** The entries of `targets` that no other entry contains, in address order. */
 export function maximalTargets(targets: Iterable<Target>): Target[] {
@@ -59,7 +60,7 @@ export class Coverage {
   }
 
   /** `t` left the decisions (`desired` no longer holds it). */
-  del(t: Target, desired: ReadonlySet<string>, ops: KernelOps): void {
+  del(t: Target, desired: TargetCollection, ops: KernelOps): void {
     this.networks.delete(t.text);
     if (!this.kernel.delete(t.text)) return; // it was covered: so is everything inside it
     ops.push(t.text, 'del');

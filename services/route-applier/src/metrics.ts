@@ -1,6 +1,7 @@
 // The applier's Prometheus series: applied entries, the seq held, the lag behind the stream, errors.
 import { Counter, Gauge, Histogram, metric, type Registry } from '@banbus/runtime';
 import type { Applier, ApplierObserver } from './applier.js';
+import { TargetSet } from './target-set.js';
 
 export function createApplierMetrics(
   registry: Registry,
@@ -18,7 +19,8 @@ export function createApplierMetrics(
         collect() {
           const view = applier()?.kernelView ?? new Set<string>();
           let v6 = 0;
-          for (const t of view) if (t.includes(':')) v6++;
+          // A TargetSet's IPv4 addresses are numbers: no need to spell 100k of them out per scrape.
+          for (const t of view instanceof TargetSet ? view.nonV4Hosts() : view) if (t.includes(':')) v6++;
           this.set({ family: '4' }, view.size - v6);
           this.set({ family: '6' }, v6);
         },

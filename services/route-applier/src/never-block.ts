@@ -9,6 +9,8 @@ export const LOOPBACK = ['127.0.0.0/8', '::1'];
 
 export class NeverBlock {
   private readonly targets: Target[];
+  /** The IPv4 entries as [start, end] numbers, for the snapshot's fast path. */
+  private readonly v4: number[] = [];
 
   constructor(entries: Iterable<string>) {
     const seen = new Map<string, Target>();
@@ -17,6 +19,14 @@ export class NeverBlock {
       seen.set(t.text, t);
     }
     this.targets = [...seen.values()];
+    for (const t of this.targets) if (t.family === 4) this.v4.push(Number(t.start), Number(t.end));
+  }
+
+  /** True when the IPv4 address `value` (as a number) is protected. */
+  protectsV4(value: number): boolean {
+    for (let i = 0; i < this.v4.length; i += 2)
+      if (value >= this.v4[i]! && value <= this.v4[i + 1]!) return true;
+    return false;
   }
 
   /** The protected entry `target` overlaps, or undefined when it may be blocked. */

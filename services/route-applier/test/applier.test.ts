@@ -163,7 +163,8 @@ describe('SnapshotScanner', () => {
   const scan = (text: string, size: number) => {
     const s = new SnapshotScanner();
     for (let i = 0; i < text.length; i += size) s.push(text.slice(i, i + size));
-    return s.finish();
+    const { seq, targets } = s.finish();
+    return { seq, targets: [...targets] };
   };
 
   test('finds every target whatever the chunking, and nothing inside other strings', () => {

@@ -3,7 +3,7 @@
 // bans: the firewall refers to them (e.g. `iptables -I INPUT -m set --match-set banbus4 src -j DROP`).
 import { normalizeTarget } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
-import { inNamespace, LineTool, run, runOk } from './tool.js';
+import { inNamespace, LineTool, run, runLines, runOk } from './tool.js';
 import { isV6, type KernelBackend, type WriteFailure } from './types.js';
 
 export interface IpsetBackendOptions {
@@ -20,6 +20,12 @@ export class IpsetBackend implements KernelBackend {
   readonly set6: string;
   private readonly tool: LineTool;
   private errors: string[] = [];
+  /**
+   * Each set's `create` line as `ipset save` printed it at the last list(). ipset restore takes 100k
+   * lines more than twice as fast when the input starts with the set's own create line (with -exist a
+   * no-op for the identical set): it then knows the set instead of asking the kernel about it per line.
+   */
+  private headers: string[] = [];
 
   constructor(private readonly options: IpsetBackendOptions) {
     this.set4 = `${options.name}4`;
@@ -70,9 +76,12 @@ export class IpsetBackend implements KernelBackend {
 
   async list(): Promise<Set<string>> {
     const out = new Set<string>();
+    const headers: string[] = [];
     for (const set of [this.set4, this.set6]) {
       const [command, args] = inNamespace(this.options.netns, 'ipset', ['save', set]);
       const text = await runOk(command, args);
+      const create = text.slice(0, text.indexOf('\n'));
+      if (create.startsWith(`create ${set} `)) headers.push(create);
       const prefix = `add ${set} `;
       for (const line of text.split('\n')) {
         if (!line.startsWith(prefix)) continue;
@@ -84,6 +93,7 @@ export class IpsetBackend implements KernelBackend {
         }
       }
     }
+    this.headers = headers;
     return out;
   }
 
@@ -95,11 +105,7 @@ export class IpsetBackend implements KernelBackend {
   }
 
   async write(adds: readonly string[], dels: readonly string[], bulk: boolean): Promise<WriteFailure[]> {
-    const entries = [
-      ...adds.map((t) => ({ op: 'add' as const, t })),
-      ...dels.map((t) => ({ op: 'del' as const, t })),
-    ];
-    return bulk ? this.restore(entries) : this.interactive(adds, dels);
+    return bulk ? this.restore(adds, dels) : this.interactive(adds, dels);
   }
 
   private async interactive(adds: readonly string[], dels: readonly string[]): Promise<WriteFailure[]> {
@@ -116,29 +122,40 @@ export class IpsetBackend implements KernelBackend {
   }
 
   /** `ipset -exist restore` stops at the first bad line ("Error in line N"): report it, go on after it. */
-  private async restore(entries: { op: 'add' | 'del'; t: string }[]): Promise<WriteFailure[]> {
+  private async restore(adds: readonly string[], dels: readonly string[]): Promise<WriteFailure[]> {
     const failures: WriteFailure[] = [];
-    let rest = entries;
-    while (rest.length > 0) {
-      const input = this.lines(
-        rest.filter((e) => e.op === 'add').map((e) => e.t),
-        rest.filter((e) => e.op === 'del').map((e) => e.t),
+    const total = adds.length + dels.length;
+    // Lines are made as the pipe takes them: adds, then dels, numbered from `from`.
+    const entryAt = (i: number): { op: 'add' | 'del'; t: string } =>
+      i < adds.length ? { op: 'add', t: adds[i]! } : { op: 'del', t: dels[i - adds.length]! };
+    const lineAt = (i: number): string => {
+      const { op, t } = entryAt(i);
+      return `${op} ${isV6(t) ? this.set6 : this.set4} ${t}`;
+    };
+    const [command, args] = inNamespace(this.options.netns, 'ipset', ['-exist', 'restore']);
+    let from = 0;
+    while (from < total) {
+      const start = from;
+      const headers = this.headers;
+      const r = await runLines(command, args, headers.length + total - start, (i) =>
+        i < headers.length ? headers[i]! : lineAt(start + i - headers.length),
       );
-      const ordered = [...rest.filter((e) => e.op === 'add'), ...rest.filter((e) => e.op === 'del')];
-      const r = await this.ipset(['-exist', 'restore'], input.join('\n') + '\n');
       if (r.code === 0) break;
       const m = /Error in line (\d+)/.exec(r.stderr);
-      const index = m ? Number(m[1]) - 1 : -1;
-      if (index < 0 || index >= ordered.length) {
+      const line = m ? Number(m[1]) - 1 : -1;
+      if (m && line < headers.length) {
+        // The set changed since we listed it (recreated with other sizes): go on without the headers.
+        this.headers = [];
+        continue;
+      }
+      const index = m ? start + line - headers.length : -1;
+      if (index < start || index >= total) {
         failures.push({ target: '?', op: 'add', error: r.stderr.trim().slice(0, 500) });
         break;
       }
-      failures.push({
-        target: ordered[index]!.t,
-        op: ordered[index]!.op,
-        error: r.stderr.trim().slice(0, 500),
-      });
-      rest = ordered.slice(index + 1);
+      const { op, t } = entryAt(index);
+      failures.push({ target: t, op, error: r.stderr.trim().slice(0, 500) });
+      from = index + 1;
     }
     return failures;
   }

@@ -48,6 +48,7 @@ const HARMLESS = { add: /File exists/, del: /No such process|not found|Cannot fi
 export class RouteBackend implements KernelBackend {
   readonly name = 'route';
   readonly disjoint = false;
+  readonly bulkSlice = 8_192;
   private readonly tool: LineTool;
   /** Our routes of another type (the type was reconfigured): replaced on the next bulk write. */
   private retype = new Set<string>();

@@ -40,6 +40,44 @@ export function run(command: string, args: string[], input?: string): Promise<Ru
   });
 }
 
+/**
+ * Runs a command fed `count` lines made by `lineAt` as the pipe takes them: a bulk load starts at
+ * once and never sits whole in one string. Never rejects for a non-zero exit (see code).
+ */
+export function runLines(
+  command: string,
+  args: string[],
+  count: number,
+  lineAt: (index: number) => string,
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdin.on('error', () => undefined); // the tool may stop reading at a bad line
+    child.once('error', (err) =>
+      reject(new BackendError(`cannot run ${command}: ${err.message}`, { cause: err })),
+    );
+    child.once('close', (code, signal) => resolve({ code: code ?? (signal ? 1 : 0), stdout, stderr }));
+    let i = 0;
+    const feed = (): void => {
+      while (i < count) {
+        const end = Math.min(count, i + CHUNK_LINES);
+        let text = '';
+        for (; i < end; i++) text += lineAt(i) + '\n';
+        if (!child.stdin.write(text)) {
+          child.stdin.once('drain', feed);
+          return;
+        }
+      }
+      child.stdin.end();
+    };
+    feed();
+  });
+}
+
 /** Like run, but rejects with the tool's message unless it exited 0. */
 export async function runOk(command: string, args: string[], input?: string): Promise<string> {
   const r = await run(command, args, input);
@@ -70,8 +108,12 @@ interface Waiter {
   reject(err: Error): void;
 }
 
-/** Lines written to a single write() call at most, so one huge bulk load does not sit in one string. */
-const CHUNK_LINES = 4_096;
+/**
+ * Lines written to a single write() call at most, so one huge bulk load does not sit in one string.
+ * Kept under V8's large-object size (128 kB): such strings live outside the young generation and
+ * wait for a full GC, which a snapshot of 100k lines would otherwise pile up by megabytes.
+ */
+const CHUNK_LINES = 1_024;
 
 /**
  * A long-lived tool process reading commands from stdin (`ip -batch -`, `ipset -`, `nft -i`). `exec`

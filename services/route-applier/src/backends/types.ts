@@ -16,6 +16,13 @@ export interface KernelBackend {
    * the applier then writes only the entries that no other decision contains.
    */
   readonly disjoint: boolean;
+  /**
+   * Largest number of entries worth one bulk write when a snapshot is loaded; unset: all at once.
+   * A long-lived tool (ip -batch) takes a snapshot in slices at no cost, and the applier then never
+   * holds the texts of all adds at once; a tool started per write (ipset restore, an nft transaction)
+   * loads fastest in one go.
+   */
+  readonly bulkSlice?: number;
   /** Creates what the backend needs (sets, table, the long-lived tool process). Idempotent. */
   init(): Promise<void>;
   /** Our entries in the kernel now (only ours: our proto, our sets, our table). */
