@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { AllowlistRepository } from '@banbus/db';
 import { ExpirySchema, NetworkSchema, parseArg } from '../args.js';
 import { withPool } from '../context.js';
 import { UsageError, table, type CliIo } from '../io.js';
@@ -16,8 +15,8 @@ export function allowCommand(program: Command, io: CliIo): void {
       const network = parseArg(NetworkSchema, cidrArg, 'CIDR');
       const seconds =
         opts.expires === undefined ? undefined : parseArg(ExpirySchema, opts.expires, '--expires');
-      await withPool(io, async (pool) => {
-        const entry = await new AllowlistRepository(pool).add({
+      await withPool(io, async (pool, db) => {
+        const entry = await new db.AllowlistRepository(pool).add({
           network,
           comment: opts.comment ?? null,
           createdBy: 'cli',
@@ -35,8 +34,8 @@ export function allowCommand(program: Command, io: CliIo): void {
     .description('list allowlisted networks')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
-      await withPool(io, async (pool) => {
-        const list = await new AllowlistRepository(pool).list();
+      await withPool(io, async (pool, db) => {
+        const list = await new db.AllowlistRepository(pool).list();
         if (opts.json) {
           io.out(JSON.stringify(list, null, 2) + '\n');
           return;
@@ -61,8 +60,8 @@ export function allowCommand(program: Command, io: CliIo): void {
     .description('remove a network from the allowlist')
     .action(async (cidrArg: string) => {
       const network = parseArg(NetworkSchema, cidrArg, 'CIDR');
-      await withPool(io, async (pool) => {
-        if (!(await new AllowlistRepository(pool).remove(network))) {
+      await withPool(io, async (pool, db) => {
+        if (!(await new db.AllowlistRepository(pool).remove(network))) {
           throw new UsageError(`${network} is not allowlisted`);
         }
         io.out(`removed ${network} from the allowlist\n`);

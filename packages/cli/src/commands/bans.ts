@@ -8,7 +8,6 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { ConsoleEnvSchema, DurationSeconds, TargetSchema, describeIssue, parseEnv } from '@banbus/core';
 import { createLogger } from '@banbus/runtime';
-import { createPool } from '@banbus/db';
 import type { Bus } from '@banbus/bus';
 import type { AdminClient, DecisionDetail, DecisionItem, DecisionPage, Overview } from '@banbus/console';
 import { parseArg } from '../args.js';
@@ -81,6 +80,7 @@ async function withClient<T>(
     return call(() => fn(new HttpAdminClient({ url: env.BANBUS_CONSOLE_URL!, token: env.BANBUS_TOKEN! })));
   }
   const config = parseEnv(ConsoleEnvSchema, io.env);
+  const { createPool } = await import('@banbus/db');
   const pool = createPool(config.DATABASE_URL, { max: 2, applicationName: 'banbus-cli' });
   let bus: Bus | undefined;
   try {

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { DuplicateError, HostRepository } from '@banbus/db';
 import { HostNameSchema, ScopesSchema, parseArg } from '../args.js';
 import { withPool } from '../context.js';
 import { UsageError, table, type CliIo } from '../io.js';
@@ -14,16 +13,16 @@ export function hostsCommand(program: Command, io: CliIo): void {
     .action(async (nameArg: string, opts: { scopes: string }) => {
       const name = parseArg(HostNameSchema, nameArg, 'NAME');
       const scopes = parseArg(ScopesSchema, opts.scopes, '--scopes');
-      await withPool(io, async (pool) => {
+      await withPool(io, async (pool, db) => {
         try {
-          const { token } = await new HostRepository(pool).add(name, scopes);
+          const { token } = await new db.HostRepository(pool).add(name, scopes);
           // The token alone on stdout, so `TOKEN=$(banbus hosts add web1)` works.
           io.out(`${token}\n`);
           io.err(
             `added host ${name} (scopes ${scopes.join(',')}); store the token now, it is not shown again\n`,
           );
         } catch (err) {
-          if (err instanceof DuplicateError) throw new UsageError(`a host named ${name} already exists`);
+          if (err instanceof db.DuplicateError) throw new UsageError(`a host named ${name} already exists`);
           throw err;
         }
       });
@@ -34,8 +33,8 @@ export function hostsCommand(program: Command, io: CliIo): void {
     .description('list hosts with their scopes and when they were last seen')
     .option('--json', 'print JSON')
     .action(async (opts: { json?: boolean }) => {
-      await withPool(io, async (pool) => {
-        const list = await new HostRepository(pool).list();
+      await withPool(io, async (pool, db) => {
+        const list = await new db.HostRepository(pool).list();
         if (opts.json) {
           io.out(JSON.stringify(list, null, 2) + '\n');
           return;
@@ -60,8 +59,8 @@ export function hostsCommand(program: Command, io: CliIo): void {
     .description('revoke a host token: its reports are refused from now on')
     .action(async (nameArg: string) => {
       const name = parseArg(HostNameSchema, nameArg, 'NAME');
-      await withPool(io, async (pool) => {
-        if (!(await new HostRepository(pool).revoke(name))) {
+      await withPool(io, async (pool, db) => {
+        if (!(await new db.HostRepository(pool).revoke(name))) {
           throw new UsageError(`no host named ${name}`);
         }
         io.out(`revoked ${name}\n`);

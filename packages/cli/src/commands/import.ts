@@ -6,10 +6,9 @@ import { randomUUID } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
-import { SingleBar, Presets } from 'cli-progress';
 import { z } from 'zod';
 import { DurationSeconds, parseEnv, parseTarget } from '@banbus/core';
-import { IngestClient, IngestRefusedError, IngestUnavailableError } from '@banbus/importer-3cx';
+import type { IngestClient } from '@banbus/importer-3cx';
 import { parseArg } from '../args.js';
 import { UsageError, processIo, type CliIo } from '../io.js';
 
@@ -190,6 +189,8 @@ async function send(
   io: CliIo,
   onProgress: (done: number) => void,
 ): Promise<{ imported: number; rejected: RejectedLine[] }> {
+  // Loaded on use, like every command's heavier dependencies: `banbus run` should not carry them.
+  const { IngestRefusedError, IngestUnavailableError } = await import('@banbus/importer-3cx');
   const rejected: RejectedLine[] = [];
   let imported = 0;
   let done = 0;
@@ -312,6 +313,8 @@ export function importCommand(program: Command, io: CliIo): void {
       let imported = 0;
       const rejected = [...list.rejected];
       if (env && toSend.length > 0) {
+        const { IngestClient } = await import('@banbus/importer-3cx');
+        const { SingleBar, Presets } = await import('cli-progress');
         const client = new IngestClient({ url: env.BANBUS_INGEST_URL, token: env.BANBUS_TOKEN });
         const tty = io === processIo && process.stderr.isTTY === true;
         const bar = tty

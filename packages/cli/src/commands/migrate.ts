@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { CommonEnvSchema, parseEnv } from '@banbus/core';
-import { ensureDatabase, migrate } from '@banbus/db';
 import { parseArg } from '../args.js';
 import type { CliIo } from '../io.js';
 
@@ -17,6 +16,7 @@ export function migrateCommand(program: Command, io: CliIo): void {
         opts.count === undefined
           ? undefined
           : parseArg(z.coerce.number().int().positive(), opts.count, '--count');
+      const { ensureDatabase, migrate } = await import('@banbus/db');
       if (!opts.down && (await ensureDatabase(DATABASE_URL))) io.err('created the database\n');
       const ran = await migrate(DATABASE_URL, {
         direction: opts.down ? 'down' : 'up',

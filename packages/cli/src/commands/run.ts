@@ -2,7 +2,6 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { CommonEnvSchema, parseEnv } from '@banbus/core';
 import { createLogger, createRegistry, stopOnSignals, type Logger, type Running } from '@banbus/runtime';
-import { ensureDatabase, migrate } from '@banbus/db';
 import type { mainAggregator as MainAggregatorFn } from '@banbus/aggregator';
 import type { mainIngest as MainIngestFn } from '@banbus/ingest';
 import type { mainPersister as MainPersisterFn } from '@banbus/persister';
@@ -88,6 +87,8 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
     const persister = await mainPersister(env, { logger, registry, serveHttp: true });
     return { stop: () => persister.stop(), logger };
   }
+  // Loaded here: the route-applier and importer return above and never need pg or node-pg-migrate.
+  const { ensureDatabase, migrate } = await import('@banbus/db');
   if (await ensureDatabase(common.DATABASE_URL)) logger.info('created the database');
   const applied = await migrate(common.DATABASE_URL, { logger });
   if (applied.length) logger.info({ migrations: applied }, 'migrated');

@@ -2,7 +2,6 @@
 // never appears on the command line, where `ps` and the shell history would keep it: it comes from
 // stdin (--password-stdin) or BANBUS_PASSWORD.
 import type { Command } from 'commander';
-import { DuplicateError, ValidationError } from '@banbus/db';
 import { HostNameSchema, parseArg } from '../args.js';
 import { withPool } from '../context.js';
 import { UsageError, table, type CliIo } from '../io.js';
@@ -36,16 +35,16 @@ async function save(
   } catch (err) {
     throw new UsageError(`password: ${(err as Error).message}`);
   }
-  await withPool(io, async (pool) => {
+  await withPool(io, async (pool, db) => {
     const users = new UserRepository(pool);
     if (replace && !(await users.list()).some((u) => u.name === name))
       throw new UsageError(`no user named ${name}`);
     try {
       await users.add(name, password, { replace });
     } catch (err) {
-      if (err instanceof DuplicateError)
+      if (err instanceof db.DuplicateError)
         throw new UsageError(`a user named ${name} already exists (banbus users passwd)`);
-      if (err instanceof ValidationError) throw new UsageError(`${err.field}: ${err.message}`);
+      if (err instanceof db.ValidationError) throw new UsageError(`${err.field}: ${err.message}`);
       throw err;
     }
     io.out(replace ? `new password set for ${name}; their sessions ended\n` : `added user ${name}\n`);
