@@ -5,6 +5,7 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
+import { parse as parseYaml } from 'yaml';
 import { Bus } from '@banbus/bus';
 import { createLogger } from '@banbus/runtime';
 import {
@@ -59,6 +60,8 @@ export async function benchAggregator(): Promise<BenchRow[]> {
     cwd: ROOT,
     env: {
       ...process.env,
+      // As docker-compose.yml runs it.
+      NODE_OPTIONS: composeNodeOptions('aggregator'),
       DATABASE_URL: db.url,
       AMQP_URL: url,
       BANBUS_NAMESPACE: namespace,
@@ -162,4 +165,12 @@ export async function benchAggregator(): Promise<BenchRow[]> {
     await deleteNamespace(url, namespace);
     await db.drop();
   }
+}
+
+/** The NODE_OPTIONS docker-compose.yml gives a service (empty when it sets none). */
+function composeNodeOptions(service: string): string {
+  const compose = parseYaml(readFileSync(`${ROOT}/docker-compose.yml`, 'utf8')) as {
+    services: Record<string, { environment?: Record<string, string> }>;
+  };
+  return compose.services[service]?.environment?.NODE_OPTIONS ?? '';
 }
