@@ -53,6 +53,55 @@ describe('DecisionStore', () => {
     assert.equal(rows[0].n, 3);
   });
 
+  test('loaded rows come back exactly: free text of any kind, instants to the millisecond', async () => {
+    // The load renders rows as JSON text itself; a host, jail or reason needing escapes, or an instant off
+    // by a millisecond, would make the repeat reports below look like new bans or changed decisions.
+    const host = 'h"1\\x y';
+    const jail = 'j\n"\\ \u00e9\u{1F600},]';
+    const reason = 'r "q" \\ \t \u2713 null';
+    const target = '192.0.2.50';
+    const first = await store.applyReports([report({ target, host, jail, reason, bantime: 3600 })]);
+    assert.deepEqual(
+      first.outcomes.map((o) => o.outcome),
+      ['banned'],
+    );
+    const decision = async () => (await store.snapshot()).decisions.find((d) => d.target === target)!;
+    const banned = await decision();
+    assert.equal(banned.reason, reason);
+    // Same host and jail, shorter bantime: the ban in force is kept as it is.
+    const repeat = await store.applyReports([report({ target, host, jail, reason, bantime: 60 })]);
+    assert.deepEqual(
+      repeat.outcomes.map((o) => o.outcome),
+      ['noop'],
+    );
+    assert.equal(repeat.changes, 0);
+    // A second host with a shorter ban: one more reporter, the same expiry and reason, so no change goes out.
+    const second = await store.applyReports([report({ target, host: 'other', jail, reason, bantime: 60 })]);
+    assert.deepEqual(
+      second.outcomes.map((o) => o.outcome),
+      ['extended'],
+    );
+    assert.equal(second.changes, 0);
+    const extended = await decision();
+    assert.equal(extended.reporters, 2);
+    assert.equal(extended.expires_at, banned.expires_at);
+    assert.equal(extended.first_seen, banned.first_seen);
+    assert.equal(extended.reason, reason);
+    // The first host's unban names its jail exactly: its ban ends, the other host's holds the decision.
+    const unban = await store.applyReports([report({ target, host, jail, action: 'unban' })]);
+    assert.deepEqual(
+      unban.outcomes.map((o) => o.outcome),
+      ['unbanned'],
+    );
+    assert.equal((await decision()).reporters, 1);
+    const { rows } = await pool.query<{ host: string; jail: string }>(
+      `SELECT host, jail FROM active_bans WHERE target = $1`,
+      [target],
+    );
+    assert.deepEqual(rows, [{ host: 'other', jail }]);
+    await store.applyReports([report({ target, origin: 'manual', action: 'unban', host: 'admin' })]);
+  });
+
   test('a manual unban of a network ends the bans inside it', async () => {
     await store.applyReports(['10.9.1.1', '10.9.2.0/24', '10.10.0.1'].map((target) => report({ target })));
     const r = await store.applyReports([
