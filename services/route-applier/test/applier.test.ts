@@ -4,6 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseTarget, type DecisionChange } from '@banbus/core';
 import { createLogger } from '@banbus/runtime';
+import { waitFor } from '../../../test/harness/wait.js';
 import {
   Applier,
   Coverage,
@@ -248,7 +249,7 @@ describe('Applier', () => {
     for (const t of ['10.99.0.1', '10.99.0.2']) backend.entries.add(t);
     const applier = makeApplier(source, backend);
     applier.start();
-    while (source.snapshots < 3) await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => source.snapshots >= 3, { intervalMs: 5, what: 'three snapshot attempts' });
     assert.equal(applier.ready, false);
     assert.deepEqual([...backend.entries], ['10.99.0.1', '10.99.0.2']);
     source.mode = 'ok';
@@ -265,7 +266,7 @@ describe('Applier', () => {
       source.mode = mode;
       const applier = makeApplier(source, backend);
       applier.start();
-      while (source.snapshots < 3) await new Promise((r) => setTimeout(r, 5));
+      await waitFor(() => source.snapshots >= 3, { intervalMs: 5, what: `three ${mode} snapshots` });
       assert.equal(applier.ready, false, mode);
       assert.equal(backend.entries.size, 200, mode);
       assert.match(applier.lastSnapshotError ?? '', mode === 'empty' ? /empty/ : /not-an-ip/);

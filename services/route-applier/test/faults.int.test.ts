@@ -96,6 +96,7 @@ describe('route-applier faults, against the real pipeline', { skip }, () => {
           if (n % 7 === 0) batch.push(report({ target: sent[n - 5]!, action: 'unban', origin: 'manual' }));
         }
         await world.bus.publishReports(batch);
+        // Paces the stream of bans that keeps coming while the applier is killed; nothing waits on it.
         await new Promise((r) => setTimeout(r, 10));
       }
     })();
