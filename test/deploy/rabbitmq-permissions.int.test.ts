@@ -4,41 +4,24 @@
 // queue, publishing reports, redeclaring shared exchanges) is refused.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
 import { z } from 'zod';
 import { Bus, topology, type Topology } from '@banbus/bus';
 import { parseEnv, RouteApplierEnvSchema } from '@banbus/core';
-import { applierQueueArguments, mainRouteApplier } from '@banbus/route-applier';
-import { createLogger, createRegistry } from '@banbus/runtime';
+import { applierQueueArguments } from '@banbus/route-applier';
+import { createLogger } from '@banbus/runtime';
 import { amqpTestUrl, deleteNamespace, testNamespace, waitFor } from '../harness/index.js';
 import { FakeAggregator } from '../../services/route-applier/test/support.js';
-import { applierPermissions } from './support.js';
+import { HostUser, startHostApplier } from './support.js';
 
-const run = promisify(execFile);
-
-const user = `bbt-${randomBytes(4).toString('hex')}-web1`;
-const password = randomBytes(12).toString('hex');
 const host = 'web1';
+let user: HostUser;
 let ns: string;
 let t: Topology;
 let amqpUrl: string;
 let restricted: ChannelModel;
 let central: Bus;
 const silent = createLogger({ level: 'silent' });
-
-async function rabbitmqctl(...args: string[]): Promise<void> {
-  await run('rabbitmqctl', ['-q', ...args], { timeout: 60_000 });
-}
-
-function restrictedUrl(): string {
-  const url = new URL(amqpUrl);
-  url.username = user;
-  url.password = password;
-  return url.toString();
-}
 
 /** Runs `fn` on a fresh channel of the restricted user; resolves with the broker's refusal, if any. */
 async function attempt(fn: (ch: Channel) => Promise<unknown>): Promise<string | null> {
@@ -61,20 +44,16 @@ before(async () => {
   t = topology(ns);
   // The central services declare the shared topology (as ingest, persister and aggregator do).
   central = await Bus.connect({ url: amqpUrl, namespace: ns, logger: silent });
-  const p = applierPermissions(ns, host);
-  await rabbitmqctl('add_user', user, password);
-  await rabbitmqctl('set_permissions', '-p', '/', user, p.configure, p.write, p.read);
-  const url = new URL(amqpUrl);
-  url.username = user;
-  url.password = password;
-  restricted = await connect(url.toString());
+  user = new HostUser(ns, host);
+  await user.create();
+  restricted = await connect(user.url(amqpUrl));
   restricted.on('error', () => undefined);
 });
 
 after(async () => {
   await restricted?.close().catch(() => undefined);
   await central?.close().catch(() => undefined);
-  await rabbitmqctl('delete_user', user).catch(() => undefined);
+  await user?.drop();
   if (amqpUrl) await deleteNamespace(amqpUrl, ns, [t.applierQueue(host), t.applierQueue('web2')]);
 });
 
@@ -124,25 +103,9 @@ describe('per-host RabbitMQ user of a route-applier (docs/rabbitmq.md)', () => {
   test('banbus run route-applier runs as this user and follows the stream', async () => {
     const fake = await new FakeAggregator().start();
     fake.push('add', '203.0.113.1');
-    const applier = await mainRouteApplier(
-      {
-        AMQP_URL: restrictedUrl(),
-        BANBUS_NAMESPACE: ns,
-        BANBUS_URL: fake.url,
-        APPLIER_HOST: host,
-        APPLIER_BACKEND: 'dry-run',
-        APPLIER_PORT: '0',
-        BANBUS_LISTEN: '127.0.0.1',
-      },
-      { logger: silent, registry: createRegistry(false) },
-    );
+    const applier = await startHostApplier(user, amqpUrl, fake.url);
+    const { status } = applier;
     try {
-      const status = async () =>
-        (await fetch(`http://127.0.0.1:${applier.port}/v1/status`).then((r) => r.json())) as {
-          ready: boolean;
-          seq: number;
-          entries: number;
-        };
       await waitFor(async () => (await status()).ready, { what: 'the snapshot' });
       // A change on the stream reaches it through its own queue.
       await central.publishDecisionChanges([fake.push('add', '198.51.100.7')]);
@@ -158,7 +121,7 @@ describe('per-host RabbitMQ user of a route-applier (docs/rabbitmq.md)', () => {
 
   test('a consumer of this user retries by requeueing and dead-letters what keeps failing', async () => {
     const bus = await Bus.connect({
-      url: restrictedUrl(),
+      url: user.url(amqpUrl),
       namespace: ns,
       logger: silent,
       declares: 'own-queues',

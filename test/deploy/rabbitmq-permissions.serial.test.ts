@@ -4,40 +4,29 @@
 // runs alone, after the parallel tests.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
 import { Bus, topology } from '@banbus/bus';
-import { mainRouteApplier } from '@banbus/route-applier';
-import { createLogger, createRegistry } from '@banbus/runtime';
+import { createLogger } from '@banbus/runtime';
 import { amqpTestUrl, deleteNamespace, testNamespace, waitFor } from '../harness/index.js';
 import { FakeAggregator } from '../../services/route-applier/test/support.js';
-import { applierPermissions } from './support.js';
+import { HostUser, rabbitmqctl, startHostApplier } from './support.js';
 
-const run = promisify(execFile);
 const silent = createLogger({ level: 'silent' });
-const user = `bbt-${randomBytes(4).toString('hex')}-web1`;
-const password = randomBytes(12).toString('hex');
 const host = 'web1';
+let user: HostUser;
 let brokerStopped = false;
 let amqpUrl: string;
 let ns: string;
 
-async function rabbitmqctl(...args: string[]): Promise<void> {
-  await run('rabbitmqctl', ['-q', ...args], { timeout: 60_000 });
-}
-
 before(async () => {
   amqpUrl = await amqpTestUrl();
   ns = testNamespace();
-  const p = applierPermissions(ns, host);
-  await rabbitmqctl('add_user', user, password);
-  await rabbitmqctl('set_permissions', '-p', '/', user, p.configure, p.write, p.read);
+  user = new HostUser(ns, host);
+  await user.create();
 });
 
 after(async () => {
   if (brokerStopped) await rabbitmqctl('start_app').catch(() => undefined);
-  await rabbitmqctl('delete_user', user).catch(() => undefined);
+  await user?.drop();
   if (amqpUrl) await deleteNamespace(amqpUrl, ns, [topology(ns).applierQueue(host)]);
 });
 
@@ -53,30 +42,9 @@ test(
     });
     const fake = await new FakeAggregator().start();
     fake.push('add', '203.0.113.1');
-    const url = new URL(amqpUrl);
-    url.username = user;
-    url.password = password;
-    const applier = await mainRouteApplier(
-      {
-        AMQP_URL: url.toString(),
-        BANBUS_NAMESPACE: ns,
-        BANBUS_URL: fake.url,
-        APPLIER_HOST: host,
-        APPLIER_BACKEND: 'dry-run',
-        APPLIER_PORT: '0',
-        BANBUS_LISTEN: '127.0.0.1',
-        APPLIER_CHECK_INTERVAL: '0',
-      },
-      { logger: silent, registry: createRegistry(false) },
-    );
-    const status = async () =>
-      (await fetch(`http://127.0.0.1:${applier.port}/v1/status`).then((r) => r.json())) as {
-        ready: boolean;
-        seq: number;
-        entries: number;
-        snapshots: number;
-        deltas: number;
-      };
+    // No periodic check: what arrives after the restart must come through the queue itself.
+    const applier = await startHostApplier(user, amqpUrl, fake.url, { APPLIER_CHECK_INTERVAL: '0' });
+    const { status } = applier;
     try {
       await waitFor(async () => (await status()).ready, { what: 'the snapshot' });
       brokerStopped = true;
