@@ -5,10 +5,9 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from 'amqplib';
 import { Bus } from '@banbus/bus';
 import { runCli } from '@banbus/cli';
-import { parseEnv, RouteApplierEnvSchema, type ApplierBackendName, type DecisionChange } from '@banbus/core';
+import { parseEnv, RouteApplierEnvSchema, type ApplierBackendName } from '@banbus/core';
 import { createLogger, createRegistry } from '@banbus/runtime';
 import {
   Applier,
@@ -25,6 +24,7 @@ import {
 import {
   amqpTestUrl,
   createTestDatabase,
+  DecisionListener,
   deleteNamespace,
   testNamespace,
   waitFor,
@@ -190,7 +190,7 @@ async function benchLatency(): Promise<BenchRow[]> {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const appliers: { running: RouteApplierRunning; bus: Bus }[] = [];
-  const closers: (() => Promise<void>)[] = [];
+  let listener: DecisionListener | undefined;
   try {
     await waitFor(
       async () => (await fetch(`http://127.0.0.1:${ingestPort}/readyz`).catch(() => undefined))?.ok,
@@ -212,30 +212,14 @@ async function benchLatency(): Promise<BenchRow[]> {
     const latencies: number[] = [];
     // When each change reaches the stream, seen from here: the pipeline's share of the latency.
     const onStream: number[] = [];
-    // Timed in the message callback itself. The harness's DecisionListener keeps every change for tests to
-    // search, and searching it once per change from a loop cost this process quadratic CPU over a run —
-    // time the appliers beside it then waited for, and that the stream figure itself included.
-    const streamConnection = await connect(amqpUrl);
-    streamConnection.on('error', () => undefined);
-    closers.push(() => streamConnection.close());
-    const streamChannel = await streamConnection.createChannel();
-    const { queue: streamQueue } = await streamChannel.assertQueue('', { exclusive: true });
-    await streamChannel.bindQueue(streamQueue, `${namespace}.decisions`, '');
-    await streamChannel.consume(
-      streamQueue,
-      (message) => {
-        if (!message) return;
-        const at = performance.now();
-        const body = JSON.parse(message.content.toString('utf8')) as DecisionChange | DecisionChange[];
-        for (const change of Array.isArray(body) ? body : [body]) {
-          const sent = posted.get(change.target);
-          if (sent !== undefined && change.op === 'add') {
-            onStream.push(at - sent);
-          }
-        }
+    // Timed as each message arrives: searching the listener's kept changes once per change (next()) cost
+    // this process quadratic CPU over a run, time the appliers beside it waited for.
+    listener = await DecisionListener.start(amqpUrl, namespace, {
+      onChange: (change, at) => {
+        const sent = posted.get(change.target);
+        if (sent !== undefined && change.op === 'add') onStream.push(at - sent);
       },
-      { noAck: true },
-    );
+    });
     for (let i = 0; i < HOSTS; i++) {
       const bus = await Bus.connect({
         url: amqpUrl,
@@ -331,7 +315,7 @@ async function benchLatency(): Promise<BenchRow[]> {
       await a.running.stop().catch(() => undefined);
       await a.bus.close().catch(() => undefined);
     }
-    for (const close of closers) await close().catch(() => undefined);
+    await listener?.close().catch(() => undefined);
     await stopProcess(central);
     await deleteNamespace(
       amqpUrl,
