@@ -95,6 +95,15 @@ export interface ConsumeOptions<T> {
    * client restricted to its own queue (docs/rabbitmq.md) uses `'requeue'`.
    */
   retry?: 'republish' | 'requeue';
+  /**
+   * Acks of handled messages go out together, at most this long after their handler resolved: one
+   * basic.ack (multiple) for a run of settled deliveries instead of one frame each, which is a socket
+   * write and a wake-up for the client and the broker. 0 (default): at the end of the event-loop turn,
+   * which still joins the acks of one batch. Rule 2 holds either way (nothing is acked before its handler
+   * resolved); unacked messages count against prefetch, and a crash before the ack delivers them again
+   * (handlers are idempotent).
+   */
+  ackDelayMs?: number;
 }
 
 export interface Consumer {
@@ -486,6 +495,8 @@ interface Held {
   message: ConsumeMessage;
   /** The channel it came on: its delivery tag only means something there. */
   channel: Channel;
+  /** Handled: an ack is owed (sent with the next flush), or it was nacked (nothing owed). */
+  settled?: 'ack' | 'nacked';
 }
 
 interface Parsed<T> {
@@ -535,6 +546,9 @@ export class QueueConsumer<T> implements Consumer {
   private idleWaiters: (() => void)[] = [];
   /** retry 'requeue': failed handler runs per message (the message itself cannot carry the count back). */
   private readonly failures = new Map<string, number>();
+  /** Deliveries of the current channel in delivery order, until their ack went out (see ackDelayMs). */
+  private outstanding: Held[] = [];
+  private ackFlush: { cancel(): void } | null = null;
 
   constructor(
     private readonly bus: Bus,
@@ -592,6 +606,7 @@ export class QueueConsumer<T> implements Consumer {
     this.consumerTag = null;
     // Their delivery tags died with the channel; the broker delivers them again.
     this.buffer = [];
+    this.dropAcks();
     for (const wake of this.wakers) wake();
     if (this.cancelled) return;
     // Only this channel closed (e.g. an ack the broker did not accept): start again on the same connection.
@@ -610,7 +625,9 @@ export class QueueConsumer<T> implements Consumer {
       return;
     }
     if (this.channel !== channel) return;
-    this.buffer.push({ message, channel });
+    const held: Held = { message, channel };
+    this.outstanding.push(held);
+    this.buffer.push(held);
     this.schedule();
   }
 
@@ -750,8 +767,66 @@ export class QueueConsumer<T> implements Consumer {
   }
 
   private succeeded(held: Held): void {
-    ack(held);
+    this.ack(held);
     if (this.failures.size > 0) this.failures.delete(failureKey(held.message));
+  }
+
+  /** Owes the broker an ack for held: it goes out with the next flush. */
+  private ack(held: Held): void {
+    held.settled = 'ack';
+    if (this.ackFlush) return;
+    const delay = this.options.ackDelayMs ?? 0;
+    if (delay > 0) {
+      const timer = setTimeout(() => this.flushAcks(), delay);
+      this.ackFlush = { cancel: () => clearTimeout(timer) };
+    } else {
+      const immediate = setImmediate(() => this.flushAcks());
+      this.ackFlush = { cancel: () => clearImmediate(immediate) };
+    }
+  }
+
+  private nack(held: Held): void {
+    held.settled = 'nacked';
+    nack(held);
+  }
+
+  /**
+   * Sends the acks owed: one multiple ack for the settled deliveries at the front (everything up to the
+   * last of them that is owed one), and with `all` one ack each for those behind a delivery still in a
+   * handler or in the buffer (cancel, requeue-all).
+   */
+  private flushAcks(all = false): void {
+    this.ackFlush?.cancel();
+    this.ackFlush = null;
+    const list = this.outstanding;
+    let i = 0;
+    let last: Held | undefined;
+    for (; i < list.length; i++) {
+      const held = list[i]!;
+      if (held.settled === undefined) break;
+      if (held.settled === 'ack') last = held;
+    }
+    if (last) {
+      try {
+        last.channel.ack(last.message, true);
+      } catch {
+        // The channel closed: the broker redelivers them, and handlers are idempotent.
+      }
+    }
+    let rest = i === 0 ? list : list.slice(i);
+    if (all) {
+      for (const held of rest) if (held.settled === 'ack') ack(held);
+      rest = rest.filter((held) => held.settled === undefined);
+    }
+    this.outstanding = rest;
+    // Acks owed behind a delivery still being handled wait for it; its own ack schedules the next flush.
+  }
+
+  /** The channel is gone, and with it every delivery tag: nothing is owed any more. */
+  private dropAcks(): void {
+    this.ackFlush?.cancel();
+    this.ackFlush = null;
+    this.outstanding = [];
   }
 
   private attemptOf(message: ConsumeMessage): number {
@@ -810,6 +885,8 @@ export class QueueConsumer<T> implements Consumer {
     }
     const channel = this.channel;
     if (channel) {
+      // Handled deliveries whose ack was still owed are acked first, or nackAll would return them too.
+      this.flushAcks(true);
       try {
         // Every unacked delivery of this channel: the failed batch and whatever arrived meanwhile.
         channel.nackAll(true);
@@ -818,6 +895,7 @@ export class QueueConsumer<T> implements Consumer {
       }
     }
     this.buffer = [];
+    this.outstanding = [];
     this.paused = false;
     return true;
   }
@@ -839,7 +917,7 @@ export class QueueConsumer<T> implements Consumer {
     if (this.options.retry === 'requeue') {
       if (this.failures.size >= MAX_TRACKED_FAILURES) this.failures.clear();
       this.failures.set(failureKey(message), attempts);
-      nack(p.held);
+      this.nack(p.held);
       return;
     }
     try {
@@ -855,10 +933,10 @@ export class QueueConsumer<T> implements Consumer {
           }),
         },
       ]);
-      ack(p.held);
+      this.ack(p.held);
     } catch (sendErr) {
       this.logger.warn({ err: describe(sendErr) }, 'could not republish the failed message; requeueing it');
-      nack(p.held);
+      this.nack(p.held);
     }
   }
 
@@ -878,13 +956,13 @@ export class QueueConsumer<T> implements Consumer {
         })),
       );
       for (const { held } of items) {
-        ack(held);
+        this.ack(held);
         if (this.failures.size > 0) this.failures.delete(failureKey(held.message));
       }
       this.metrics?.deadLettered.inc({ queue: this.options.queue }, items.length);
     } catch (err) {
       this.logger.warn({ err: describe(err) }, 'could not dead-letter; requeueing');
-      for (const { held } of items) nack(held);
+      for (const { held } of items) this.nack(held);
     }
   }
 
@@ -899,6 +977,9 @@ export class QueueConsumer<T> implements Consumer {
     this.buffer = [];
     for (const wake of this.wakers) wake();
     if (this.active > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    // What was handled is acked now rather than delivered again after the close.
+    this.flushAcks(true);
+    this.dropAcks();
     this.channel = null;
     if (channel) await channel.close().catch(() => undefined);
   }

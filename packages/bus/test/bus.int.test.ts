@@ -418,6 +418,88 @@ describe('Bus (RabbitMQ)', () => {
     assert.equal(messageCount, 0);
   });
 
+  test('with ackDelayMs, handled messages are acked together (multiple), each exactly once', async () => {
+    const queue = await testQueue('ack-delay');
+    // Every Channel shares this prototype: count the acks the consumer's channel sends.
+    const probe = await bus.currentModel()!.createChannel();
+    const proto = Object.getPrototypeOf(probe) as {
+      ack(message: { fields: { deliveryTag: number } }, allUpTo?: boolean): void;
+    };
+    await probe.close();
+    const original = proto.ack;
+    const acks: { tag: number; allUpTo: boolean }[] = [];
+    proto.ack = function (this: unknown, message, allUpTo) {
+      acks.push({ tag: message.fields.deliveryTag, allUpTo: allUpTo === true });
+      return original.call(this, message, allUpTo);
+    };
+    try {
+      const handled: number[] = [];
+      const consumer = await bus.consume({
+        queue,
+        schema: Item,
+        prefetch: 50,
+        batchSize: 1,
+        maxRetries: 3,
+        ackDelayMs: 50,
+        handler: async ([d]) => void handled.push(d!.body.n),
+      });
+      await bus.publish(
+        '',
+        queue,
+        Array.from({ length: 10 }, (_, n) => ({ n })),
+      );
+      await waitFor(() => handled.length === 10 && acks.some((a) => a.tag >= 10), {
+        what: 'every message handled and acked',
+      });
+      // One ack frame for many deliveries, each covering everything before it.
+      assert.ok(acks.length < 10, `${acks.length} ack frames for 10 messages`);
+      assert.ok(acks.every((a) => a.allUpTo));
+      await consumer.cancel();
+      const { messageCount } = await withChannel((ch) => ch.checkQueue(queue));
+      assert.equal(messageCount, 0, 'nothing came back after the channel closed');
+      assert.deepEqual(
+        handled,
+        Array.from({ length: 10 }, (_, n) => n),
+      );
+    } finally {
+      proto.ack = original;
+    }
+  });
+
+  test('acks still owed go out on cancel, and before a transient failure requeues the rest', async () => {
+    const queue = await testQueue('ack-owed');
+    const seen = new Map<number, number>();
+    let failing = true;
+    const consumer = await bus.consume({
+      queue,
+      schema: Item,
+      prefetch: 20,
+      batchSize: 1,
+      maxRetries: 1,
+      // Longer than the test: only cancel and the requeue can send these acks.
+      ackDelayMs: 600_000,
+      isTransient: (err) => err instanceof DatabaseAway,
+      handler: async ([d]) => {
+        const n = d!.body.n;
+        seen.set(n, (seen.get(n) ?? 0) + 1);
+        if (n === 2 && failing) {
+          failing = false;
+          throw new DatabaseAway('database is away');
+        }
+      },
+    });
+    await bus.publish('', queue, [{ n: 0 }, { n: 1 }, { n: 2 }, { n: 3 }]);
+    await waitFor(() => seen.size === 4 && seen.get(2) === 2, {
+      what: 'every message handled, the failed one again',
+    });
+    // 0 and 1 were handled before 2 failed: acked, not requeued with it.
+    assert.equal(seen.get(0), 1);
+    assert.equal(seen.get(1), 1);
+    await consumer.cancel();
+    const { messageCount } = await withChannel((ch) => ch.checkQueue(queue));
+    assert.equal(messageCount, 0, 'what was handled was acked at cancel, not returned to the queue');
+  });
+
   test('a consumer declares its own queue and keeps it across cancel', async () => {
     const queue = `${namespace}.test-declared`;
     queues.push(queue);

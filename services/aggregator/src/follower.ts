@@ -19,6 +19,8 @@ export interface FollowerOptions {
 }
 
 const RETRY_MIN_MS = 500;
+/** Longest wait before an applied message is acked (see ConsumeOptions.ackDelayMs). */
+const ACK_DELAY_MS = 20;
 const RETRY_MAX_MS = 10_000;
 
 export class DecisionFollower {
@@ -75,6 +77,8 @@ export class DecisionFollower {
       prefetch: 64,
       batchSize: 64,
       maxRetries: 5,
+      // Changes are applied by seq, so a redelivery after a crash is skipped: ack in groups.
+      ackDelayMs: ACK_DELAY_MS,
       isTransient: isTransientDbError,
       handler: async (deliveries) => {
         await this.loaded;
