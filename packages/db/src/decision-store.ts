@@ -10,7 +10,6 @@ import type pg from 'pg';
 import { targetFromDb, type Decision, type DecisionChange, type Origin, type Report } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
 import { CHANNELS } from './channels.js';
-import { isUniqueViolation } from './errors.js';
 
 export interface ActiveBan {
   target: string;
@@ -95,6 +94,21 @@ export interface ApplyResult {
   /** Decision changes logged; their seqs are firstSeq..lastSeq. */
   changes: number;
   lastSeq: number | null;
+  /**
+   * The changes logged, with their seqs, exactly as the relay reads them back from decision_log: what
+   * the persister publishes right after the commit without reading the log (services/persister/src/relay.ts).
+   */
+  logged: DecisionChange[];
+}
+
+/** Where a relay round left the cursor. */
+export interface RelayResult {
+  /** Changes published by the round. */
+  published: number;
+  /** Every seq up to here is confirmed published: the last one this round published, or where it started. */
+  position: number;
+  /** decision_relay.published_seq as the round left it (behind `position` when `after` was further). */
+  cursor: number;
 }
 
 export interface ChangeResult {
@@ -108,6 +122,12 @@ export interface DecisionStoreOptions {
   relayBatchSize?: number;
   /** Expired targets handled per sweep transaction. */
   sweepBatchSize?: number;
+  /**
+   * Called with the last seq a batch will log, just before its write and COMMIT are sent. The NOTIFY of
+   * that commit may reach the persister's listener before the COMMIT's answer reaches the batch; this lets
+   * it recognize the seq as its own.
+   */
+  onLogged?: (lastSeq: number) => void;
 }
 
 /** A decisions row as selected with `target::text AS target`, before it becomes a DecisionRow. */
@@ -163,7 +183,7 @@ export function logRowToChange(r: LogDbRow): DecisionChange {
  */
 const DECISION_TX_START =
   'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; ' +
-  'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off';
+  'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; SET LOCAL standard_conforming_strings = on';
 /**
  * The decision lock (see the top of this file), sent with DECISION_TX_START: one round trip for both. It
  * reads the database clock under the lock as epoch milliseconds (what the Date the engine works with
@@ -176,24 +196,42 @@ const DECISION_LOCK =
 /** The `now` of DECISION_LOCK, as a timestamptz expression. */
 const LOCK_NOW = "('epoch'::timestamptz + current_setting('banbus.now')::int8 * interval '1 millisecond')";
 
+/** What a transaction's work may do besides querying. */
+interface Tx {
+  /**
+   * Sends `sql` (no parameters) and COMMIT in one round trip and returns the first statement's rows; the
+   * transaction is committed when it resolves. Nothing may be sent after it.
+   */
+  commitWith<R extends pg.QueryResultRow>(sql: string): Promise<R[]>;
+}
+
 /**
  * Runs `work` in a transaction opened by `begin` (which may carry more statements; their results are
- * passed on). `ready`, when given, is awaited after connecting and before `begin` is sent.
+ * passed on) and commits it, unless `work` did (Tx.commitWith). `ready`, when given, is awaited after
+ * connecting and before `begin` is sent.
  */
 async function inTransaction<T, B = unknown>(
   pool: pg.Pool,
   begin: string,
-  work: (client: pg.PoolClient, begun: B) => Promise<T>,
+  work: (client: pg.PoolClient, begun: B, tx: Tx) => Promise<T>,
   ready?: Promise<void>,
 ): Promise<T> {
   const client = await pool.connect();
   let broken = false;
   let begun = false;
+  let committed = false;
+  const tx: Tx = {
+    async commitWith<R extends pg.QueryResultRow>(sql: string): Promise<R[]> {
+      committed = true;
+      const results = (await client.query(`${sql}; COMMIT`)) as unknown as pg.QueryResult<R>[];
+      return results[0]!.rows;
+    },
+  };
   try {
     await ready;
     begun = true;
-    const result = await work(client, (await client.query(begin)) as unknown as B);
-    await client.query('COMMIT');
+    const result = await work(client, (await client.query(begin)) as unknown as B, tx);
+    if (!committed) await client.query('COMMIT');
     return result;
   } catch (err) {
     if (begun) {
@@ -210,15 +248,26 @@ async function inTransaction<T, B = unknown>(
   }
 }
 
+/** What a decision transaction learns when it gets the lock. */
+interface Locked {
+  /** The database clock, read under the lock. */
+  now: Date;
+  /** The last seq given so far: this transaction's changes get the ones after it. */
+  lastSeq: number;
+  /** The rows of `then`, when one was sent. */
+  thenRows?: unknown[];
+  tx: Tx;
+}
+
 /**
- * Runs `work` in a transaction that holds the decision lock; `now` is the database clock read under it.
+ * Runs `work` in a transaction that holds the decision lock.
  * `ready`, when given, is awaited after connecting and before the lock is asked for (see TurnQueue).
  * `then`, a statement without parameters, is sent in the same round trip and runs once the lock is held
  * (in a statement of its own, so it sees everything committed before); `work` gets its rows.
  */
 function inDecisionTransaction<T>(
   pool: pg.Pool,
-  work: (client: pg.PoolClient, now: Date, thenRows?: unknown[]) => Promise<T>,
+  work: (client: pg.PoolClient, locked: Locked) => Promise<T>,
   ready?: Promise<void>,
   then?: string,
 ): Promise<T> {
@@ -229,10 +278,17 @@ function inDecisionTransaction<T>(
     then === undefined
       ? `${DECISION_TX_START}; ${DECISION_LOCK}`
       : `${DECISION_TX_START}; ${DECISION_LOCK}; ${then}`,
-    (client, results) => {
-      const lock = results[results.length - (then === undefined ? 1 : 2)]!.rows[0] as { now: string };
-      const now = new Date(Number(lock.now));
-      return work(client, now, then === undefined ? undefined : results[results.length - 1]!.rows);
+    (client, results, tx) => {
+      const lock = results[results.length - (then === undefined ? 1 : 2)]!.rows[0] as {
+        last: string;
+        now: string;
+      };
+      return work(client, {
+        now: new Date(Number(lock.now)),
+        lastSeq: Number(lock.last),
+        thenRows: then === undefined ? undefined : results[results.length - 1]!.rows,
+        tx,
+      });
     },
     ready,
   );
@@ -240,46 +296,72 @@ function inDecisionTransaction<T>(
 
 /**
  * Keeps batches in the order they were handed over while letting them overlap: a batch may connect and
- * prepare while the one before it works, and asks for the decision lock once that one has written its
- * result (it then waits in PostgreSQL's lock queue and starts the moment the other commits). A batch that
- * finds redelivered reports rolls back and redoes itself before the next batch may ask. A batch whose
- * predecessor failed fails with the same error instead of applying: applied, it would overtake reports that
- * come back later (a ban and the unban after it would end up reversed).
+ * prepare while the one before it works, and asks for the decision lock once that one has sent its write
+ * and COMMIT (it then waits in PostgreSQL's lock queue and gets the lock the moment the other commits). A
+ * batch whose predecessor failed fails with the same error instead of applying: applied, it would overtake
+ * reports that come back later (a ban and the unban after it would end up reversed). A predecessor that
+ * fails after sending its write (the write refused, the connection lost) released the lock by rolling back,
+ * so the batch behind checks, once it holds the lock and before it writes anything, that its predecessor
+ * committed (`committed`).
  */
 class TurnQueue {
-  /** The latest turn: pending until its batch wrote (null) or failed ({err}). */
-  private last: { settled: Promise<{ err: unknown } | null>; done: boolean } = {
-    settled: Promise.resolve(null),
-    done: true,
-  };
+  /** The latest turn: `sent` settles when its batch sent its write (null) or failed ({err}), `finished`
+   *  when it committed (null) or failed. */
+  private last: Turn = { sent: Promise.resolve(null), finished: Promise.resolve(null), done: true };
 
-  take(): { ready: Promise<void>; done(err?: unknown): void } {
+  take(): {
+    ready: Promise<void>;
+    committed(): Promise<void>;
+    sent(): void;
+    finish(err?: unknown): void;
+  } {
     const previous = this.last;
-    let settle!: (outcome: { err: unknown } | null) => void;
-    const mine = {
-      settled: new Promise<{ err: unknown } | null>((resolve) => (settle = resolve)),
+    let settleSent!: (outcome: { err: unknown } | null) => void;
+    let settleFinished!: (outcome: { err: unknown } | null) => void;
+    const mine: Turn = {
+      sent: new Promise((resolve) => (settleSent = resolve)),
+      finished: new Promise((resolve) => (settleFinished = resolve)),
       done: false,
     };
     this.last = mine;
-    const done = (outcome: { err: unknown } | null) => {
-      if (mine.done) return; // first call wins: a batch that wrote released the next one already
+    let sent = false;
+    const markSent = (outcome: { err: unknown } | null) => {
+      if (sent) return; // first call wins: a batch that sent its write released the next one already
+      sent = true;
+      settleSent(outcome);
+    };
+    const finish = (outcome: { err: unknown } | null) => {
+      if (mine.done) return;
       mine.done = true;
-      settle(outcome);
+      markSent(outcome);
+      settleFinished(outcome);
     };
     // Only a failure the batch was waiting for is passed on: once a failure is over, new batches (the
     // retries among them) start afresh.
-    const ready = previous.done
-      ? Promise.resolve()
-      : previous.settled.then((failed) => {
-          if (failed) {
-            done(failed);
-            throw failed.err;
-          }
-        });
+    const passOn = (outcome: Promise<{ err: unknown } | null>) =>
+      outcome.then((failed) => {
+        if (failed) {
+          finish(failed);
+          throw failed.err;
+        }
+      });
+    const waiting = !previous.done;
+    const ready = waiting ? passOn(previous.sent) : Promise.resolve();
     // Rejections of `ready` are the caller's to handle; the queue itself must not leave one unhandled.
     ready.catch(() => undefined);
-    return { ready, done: (err?: unknown) => done(err === undefined ? null : { err }) };
+    return {
+      ready,
+      committed: () => (waiting ? passOn(previous.finished) : Promise.resolve()),
+      sent: () => markSent(null),
+      finish: (err?: unknown) => finish(err === undefined ? null : { err }),
+    };
   }
+}
+
+interface Turn {
+  sent: Promise<{ err: unknown } | null>;
+  finished: Promise<{ err: unknown } | null>;
+  done: boolean;
 }
 
 async function activeAllowlist(client: pg.PoolClient, now: Date): Promise<string[]> {
@@ -294,6 +376,8 @@ async function activeAllowlist(client: pg.PoolClient, now: Date): Promise<string
 interface Loaded {
   state: DecisionState;
   allowlist: string[];
+  /** Ids of the batch's reports stored already (only when the load was asked with ids). */
+  known: string[];
   /** 'b' + target/host/jail, 'd' + target, 'o' + target → ctid. */
   ctids: Map<string, string>;
 }
@@ -326,6 +410,7 @@ async function loadState(
   now: Date,
   targets: readonly string[],
   networks: readonly string[] = [],
+  ids?: readonly string[],
 ): Promise<Loaded> {
   const all = new Set(targets);
   // Manual unbans of networks are rare: one query per network keeps `<<=` on the primary key's range
@@ -338,10 +423,10 @@ async function loadState(
     );
     for (const r of rows) all.add(targetFromDb(r.target));
   }
-  const { rows } = await client.query<LoadedRow>(loadStatement('$1::cidr[]', '$2::timestamptz'), [
-    [...all],
-    now,
-  ]);
+  const { rows } = await client.query<LoadedRow>(
+    loadStatement('$1::cidr[]', '$2::timestamptz', ids === undefined ? undefined : '$3::uuid[]'),
+    ids === undefined ? [[...all], now] : [[...all], now, ids],
+  );
   return parseLoaded(rows[0]!);
 }
 
@@ -350,10 +435,20 @@ interface LoadedRow {
   decisions: string;
   offenders: string;
   allowlist: string[];
+  /** Ids of the batch's reports stored already (when the load asked). */
+  known?: string[];
 }
 
-/** The load of loadState: `targets` and `now` are SQL expressions (parameters, or the inlined values). */
-function loadStatement(targets: string, now: string): string {
+/**
+ * The load of loadState: `targets` and `now` are SQL expressions (parameters, or the inlined values).
+ * With `ids` (uuid[]), also which of those reports are stored already (`known`).
+ */
+function loadStatement(targets: string, now: string, ids?: string): string {
+  const known =
+    ids === undefined
+      ? ''
+      : `,
+       (SELECT coalesce(json_agg(id::text), '[]') FROM reports WHERE id = ANY(${ids})) AS known`;
   return `SELECT
        (SELECT ${jsonRows(
          `'["' || ctid::text || '","' || target::text || '",' || ${jsonText('host')} || ',' || ${jsonText('jail')}
@@ -370,7 +465,7 @@ function loadStatement(targets: string, now: string): string {
           || ']'`,
        )} FROM offenders WHERE target = ANY(${targets})) AS offenders,
        (SELECT coalesce(json_agg(network::text), '[]')
-          FROM allowlist WHERE expires_at IS NULL OR expires_at > ${now}) AS allowlist`;
+          FROM allowlist WHERE expires_at IS NULL OR expires_at > ${now}) AS allowlist${known}`;
 }
 
 function parseLoaded(row: LoadedRow): Loaded {
@@ -432,17 +527,24 @@ function parseLoaded(row: LoadedRow): Loaded {
     ctids.set(`o${t}`, ctid);
     return { target: t, banCount, lastBannedAt: new Date(lastBannedAt) };
   });
-  return { state: { activeBans, decisions, offenders }, allowlist: row.allowlist.map(targetFromDb), ctids };
+  return {
+    state: { activeBans, decisions, offenders },
+    allowlist: row.allowlist.map(targetFromDb),
+    known: row.known ?? [],
+    ctids,
+  };
 }
 
 /**
- * The load of a batch's targets as a statement without parameters, to be sent with the lock (one round trip
- * less while the lock is held); undefined when a target is not plain address text (then the load is sent
- * on its own, with parameters). Targets are canonical addresses and networks, so this never happens today.
+ * The load of a batch's targets, and which of its report ids are stored already, as a statement without
+ * parameters, to be sent with the lock (one round trip less while the lock is held); undefined when a
+ * target or id is not plain address or uuid text (then the load is sent on its own, with parameters).
+ * Targets are canonical addresses and networks and ids uuids (the schemas), so this never happens today.
  */
-function inlineLoad(targets: readonly string[]): string | undefined {
+function inlineLoad(targets: readonly string[], ids: readonly string[]): string | undefined {
   if (!targets.every((t) => /^[0-9A-Fa-f:./]+$/.test(t))) return undefined;
-  return loadStatement(`'{${targets.join(',')}}'::cidr[]`, LOCK_NOW);
+  if (!ids.every((id) => /^[0-9A-Fa-f-]+$/.test(id))) return undefined;
+  return loadStatement(`'{${targets.join(',')}}'::cidr[]`, LOCK_NOW, `'{${ids.join(',')}}'::uuid[]`);
 }
 
 /**
@@ -554,8 +656,20 @@ async function writeResult(
   client: pg.PoolClient,
   w: DecisionWrites,
   loaded: Loaded,
-  reports?: { encoded: EncodedReports; outcomes: ReadonlyMap<string, string> },
 ): Promise<{ lastSeq: number | null }> {
+  const write = buildWrite(w, loaded);
+  if (write === null) return { lastSeq: null };
+  const { rows } = await client.query<{ last: string | null }>(write.text, write.values);
+  const last = rows[0]?.last;
+  return { lastSeq: last === null || last === undefined ? null : Number(last) };
+}
+
+/** The statement of writeResult; null when there is nothing to write (never with reports to store). */
+function buildWrite(
+  w: DecisionWrites,
+  loaded: Loaded,
+  reports?: { encoded: EncodedReports; outcomes: ReadonlyMap<string, string> },
+): { text: string; values: unknown[] } | null {
   // A batch continues the statement its reports were encoded into (before the lock).
   const p = reports?.encoded.statement ?? new Statement();
   const ctes: string[] = [];
@@ -677,13 +791,40 @@ async function writeResult(
         WITH ORDINALITY AS u(op, target, expires_at, reason, n))`);
     select = `SELECT last, pg_notify(${p.add(CHANNELS.decisionLog, 'text')}, last::text), ${typed} FROM seq`;
   }
-  if (ctes.length === 0) return { lastSeq: null };
-  const { rows } = await client.query<{ last: string | null }>(
-    `WITH ${ctes.join(',\n')}\n${select}`,
-    p.finish(),
+  if (ctes.length === 0) return null;
+  return { text: `WITH ${ctes.join(',\n')}\n${select}`, values: p.finish() };
+}
+
+/**
+ * A statement's parameters written into its text, for a round trip that also carries COMMIT (a statement
+ * with parameters must travel alone). Values are the Statement's: numbers, null and text, the text quoted
+ * as a standard string literal (the decision transaction sets standard_conforming_strings: only the quote
+ * itself is special).
+ */
+function inlineParameters(text: string, values: readonly unknown[]): string {
+  return text.replace(/\$(\d+)/g, (_, n: string) => {
+    const v = values[Number(n) - 1];
+    if (v === null || v === undefined) return 'NULL';
+    if (typeof v === 'number') return String(v);
+    if (typeof v !== 'string') throw new Error(`decision store: cannot inline a ${typeof v} parameter`);
+    return `'${v.replaceAll("'", "''")}'`;
+  });
+}
+
+/** The decision_log rows a write inserted, as logRowToChange reads them (seqs end at lastSeq). */
+function loggedChanges(changes: readonly ChangeDraft[], lastSeq: number): DecisionChange[] {
+  const first = lastSeq - changes.length + 1;
+  return changes.map((c, i) =>
+    c.op === 'del'
+      ? { seq: first + i, op: 'del', target: c.target }
+      : {
+          seq: first + i,
+          op: 'add',
+          target: c.target,
+          expires_at: c.expiresAt ? c.expiresAt.toISOString() : null,
+          reason: c.reason,
+        },
   );
-  const last = rows[0]?.last;
-  return { lastSeq: last === null || last === undefined ? null : Number(last) };
 }
 
 function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[]] {
@@ -692,9 +833,6 @@ function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[
   for (const item of items) (test(item) ? yes : no).push(item);
   return [yes, no];
 }
-
-/** Some report of the batch was stored before (a redelivery): redo the batch without it. */
-class KnownReports extends Error {}
 
 /** Stores reports, turns them into decisions and relays the decision log to the bus. */
 export class DecisionStore {
@@ -720,124 +858,130 @@ export class DecisionStore {
     // The same id twice in one batch counts once (the first one).
     const unique = new Map<string, Report>();
     for (const r of batch) if (!unique.has(r.id)) unique.set(r.id, r);
-    const reports = [...unique.values()];
+    const all = [...unique.values()];
     // Everything that does not depend on the stored state is done before waiting for the lock.
-    const plan = this.rules.plan(reports);
-    const encoded = encodeReports(reports);
+    const allPlan = this.rules.plan(all);
+    const allEncoded = encodeReports(all);
+    const ids = all.map((r) => r.id);
+    // The load and the check for stored ids go with the lock: one round trip (manual network unbans look up
+    // the targets inside their networks first, in round trips of their own).
+    const then = allPlan.networks.length === 0 ? inlineLoad(allPlan.targets, ids) : undefined;
     const turn = this.turns.take();
     let failure: unknown;
     try {
-      // Redeliveries are rare, so first assume every report is new: the write statement's plain INSERT fails
-      // on the primary key if some id was already stored (ON CONFLICT DO NOTHING, which would count them,
-      // costs a speculative insertion per row, ~1.5 ms per 1,000 reports). The transaction is then rolled
-      // back (its seqs with it: no gap) and redone with an explicit check, still in this batch's turn.
-      try {
-        return await this.apply(batch.length, { reports, plan, encoded }, turn.ready, () => turn.done());
-      } catch (err) {
-        if (!(err instanceof KnownReports)) throw err;
-        return await this.apply(batch.length, { reports, plan, encoded: null }, undefined, () => turn.done());
-      }
+      return await inDecisionTransaction(
+        this.pool,
+        async (client, { now, lastSeq: before, thenRows, tx }) => {
+          const loaded = thenRows
+            ? parseLoaded(thenRows[0] as LoadedRow)
+            : await loadState(client, now, allPlan.targets, allPlan.networks, ids);
+          // Reports are only ever stored under the decision lock, so the check is race-free: a redelivery
+          // another persister is applying right now is visible once we hold the lock. The load covered the
+          // whole batch, so it covers what is left of it.
+          // The lock is ours: the batch before this one committed, or failed and rolled back.
+          await turn.committed();
+          let reports = all;
+          let encoded = allEncoded;
+          if (loaded.known.length > 0) {
+            const stored = new Set(loaded.known);
+            reports = all.filter((r) => !stored.has(r.id));
+            encoded = encodeReports(reports);
+          }
+          const duplicates = batch.length - reports.length;
+          if (reports.length === 0) {
+            turn.sent();
+            return { applied: 0, duplicates, outcomes: [], changes: 0, lastSeq: null, logged: [] };
+          }
+          const writes = this.rules.decide(reports, loaded.state, loaded.allowlist, now);
+          const outcomes = new Map(writes.outcomes.map((o) => [o.id, o.outcome]));
+          const write = buildWrite(writes, loaded, { encoded, outcomes });
+          if (write === null) throw new Error('decision store: a batch of new reports wrote nothing');
+          // The seqs follow the last one given, read under the lock: known before the write is sent.
+          const lastSeq = writes.changes.length > 0 ? before + writes.changes.length : null;
+          if (lastSeq !== null) this.options.onLogged?.(lastSeq);
+          // The write and COMMIT go in one round trip, and the next batch may queue for the lock now: it gets
+          // it the moment this one commits.
+          turn.sent();
+          const rows = await tx.commitWith<{ last: string | null }>(
+            inlineParameters(write.text, write.values),
+          );
+          const written = rows[0]?.last;
+          if (lastSeq !== null && Number(written) !== lastSeq) {
+            // Only a bug gets here (every seq is given under the lock this transaction holds).
+            throw new Error(`decision store: logged up to seq ${written}, expected ${lastSeq}`);
+          }
+          return {
+            applied: reports.length,
+            duplicates,
+            outcomes: writes.outcomes,
+            changes: writes.changes.length,
+            lastSeq,
+            logged: lastSeq === null ? [] : loggedChanges(writes.changes, lastSeq),
+          };
+        },
+        turn.ready,
+        then,
+      );
     } catch (err) {
       failure = err;
       throw err;
     } finally {
-      turn.done(failure);
+      turn.finish(failure);
     }
-  }
-
-  private apply(
-    batchLength: number,
-    prepared: {
-      reports: Report[];
-      plan: { targets: string[]; networks: string[] };
-      encoded: EncodedReports | null;
-    },
-    ready: Promise<void> | undefined,
-    written: () => void,
-  ): Promise<ApplyResult> {
-    // The first attempt sends the load with the lock (the redo's targets are only known after its id check,
-    // and manual network unbans look up the targets inside their networks first).
-    const then =
-      prepared.encoded !== null && prepared.plan.networks.length === 0
-        ? inlineLoad(prepared.plan.targets)
-        : undefined;
-    return inDecisionTransaction(
-      this.pool,
-      async (client, now, thenRows) => {
-        // Reports are only ever stored under the decision lock, so the id check is race-free: a redelivery
-        // another persister is applying right now is visible once we hold the lock.
-        let { reports, plan, encoded } = prepared;
-        if (encoded === null) {
-          const { rows: known } = await client.query<{ id: string }>(
-            'SELECT id FROM reports WHERE id = ANY($1::uuid[])',
-            [reports.map((r) => r.id)],
-          );
-          const stored = new Set(known.map((r) => r.id));
-          reports = reports.filter((r) => !stored.has(r.id));
-          plan = this.rules.plan(reports);
-          encoded = encodeReports(reports);
-        }
-        const duplicates = batchLength - reports.length;
-        if (reports.length === 0) return { applied: 0, duplicates, outcomes: [], changes: 0, lastSeq: null };
-
-        const loaded = thenRows
-          ? parseLoaded(thenRows[0] as LoadedRow)
-          : await loadState(client, now, plan.targets, plan.networks);
-        const writes = this.rules.decide(reports, loaded.state, loaded.allowlist, now);
-        const outcomes = new Map(writes.outcomes.map((o) => [o.id, o.outcome]));
-        let lastSeq: number | null;
-        try {
-          ({ lastSeq } = await writeResult(client, writes, loaded, { encoded, outcomes }));
-        } catch (err) {
-          // The statement failed as a whole (nothing of it is kept) and the transaction is rolled back.
-          if (isUniqueViolation(err) && err.constraint === 'reports_pkey') throw new KnownReports();
-          throw err;
-        }
-        // Only COMMIT is left: the next batch may queue for the lock now.
-        written();
-        return {
-          applied: reports.length,
-          duplicates,
-          outcomes: writes.outcomes,
-          changes: writes.changes.length,
-          lastSeq,
-        };
-      },
-      ready,
-      then,
-    );
   }
 
   /**
    * Publishes unpublished decision_log rows in seq order through `publish` (which must resolve only once
    * the broker confirmed them) and moves the decision_relay cursor past them; repeats until none is left.
-   * One relay at a time across all processes (the cursor's row lock). A crash between publish and commit
-   * republishes: consumers apply each seq once. Returns the number of changes published.
+   * One relay round at a time across all processes (the cursor's row lock). A crash between publish and
+   * commit republishes: consumers apply each seq once.
+   *
+   * `after`: a seq up to which the caller knows every change is confirmed published (it published them
+   * itself and saves the cursor later, see saveRelayCursor); the round starts after it or after the cursor,
+   * whichever is further, instead of publishing those again.
    */
-  async relay(publish: (changes: DecisionChange[]) => Promise<void>): Promise<number> {
-    let total = 0;
+  async relay(publish: (changes: DecisionChange[]) => Promise<void>, after = 0): Promise<RelayResult> {
+    let published = 0;
+    let position = after;
+    let saved = 0;
     for (;;) {
-      const published = await inTransaction(this.pool, 'BEGIN', async (client) => {
-        // The cursor's row lock is the relay lock: a second relay waits here, then starts after our rows.
-        const cursor = await client.query<{ published_seq: string }>(
-          'SELECT published_seq FROM decision_relay WHERE id = 1 FOR UPDATE',
-        );
-        const from = cursor.rows[0]!.published_seq;
-        const { rows } = await client.query<LogDbRow>(
-          `SELECT seq, op, target::text AS target, expires_at, reason FROM decision_log
-             WHERE seq > $1 ORDER BY seq LIMIT $2`,
-          [from, this.relayBatchSize],
-        );
-        if (rows.length === 0) return 0;
-        await publish(rows.map(logRowToChange));
-        await client.query('UPDATE decision_relay SET published_seq = $1 WHERE id = 1', [
-          rows[rows.length - 1]!.seq,
-        ]);
-        return rows.length;
-      });
-      total += published;
-      if (published < this.relayBatchSize) return total;
+      // The cursor's row lock is the relay lock: a second relay waits here, then starts after our rows.
+      // One round trip for BEGIN, the lock and the rows: the read is a statement of its own, so it runs
+      // once the lock is held and sees what the round before ours committed.
+      const begin = `BEGIN; SELECT published_seq FROM decision_relay WHERE id = 1 FOR UPDATE;
+        SELECT seq, op, target::text AS target, expires_at, reason FROM decision_log
+          WHERE seq > GREATEST((SELECT published_seq FROM decision_relay WHERE id = 1), ${Math.trunc(position)})
+          ORDER BY seq LIMIT ${Math.trunc(this.relayBatchSize)}`;
+      type Begun = [unknown, pg.QueryResult<{ published_seq: string }>, pg.QueryResult<LogDbRow>];
+      const round = await inTransaction<{ n: number; last: number; cursor: number }, Begun>(
+        this.pool,
+        begin,
+        async (client, [, locked, log]) => {
+          const cursor = Number(locked.rows[0]!.published_seq);
+          const rows = log.rows;
+          if (rows.length === 0) return { n: 0, last: Math.max(cursor, position), cursor };
+          await publish(rows.map(logRowToChange));
+          const last = Number(rows[rows.length - 1]!.seq);
+          await client.query('UPDATE decision_relay SET published_seq = $1 WHERE id = 1', [last]);
+          return { n: rows.length, last, cursor: last };
+        },
+      );
+      published += round.n;
+      position = round.last;
+      saved = round.cursor;
+      if (round.n < this.relayBatchSize) return { published, position, cursor: saved };
     }
+  }
+
+  /**
+   * Moves the relay cursor forward to `seq` (never back), for changes the caller published and saw
+   * confirmed outside a relay round. Waits while a relay round of another process holds the cursor.
+   */
+  async saveRelayCursor(seq: number): Promise<void> {
+    await this.pool.query(
+      'UPDATE decision_relay SET published_seq = $1 WHERE id = 1 AND published_seq < $1',
+      [seq],
+    );
   }
 
   /** Ends the bans expired by the database clock and logs the resulting changes. */
@@ -850,7 +994,7 @@ export class DecisionStore {
     );
     if (!rowCount) return { changes, lastSeq };
     for (;;) {
-      const round = await inDecisionTransaction(this.pool, async (client, now) => {
+      const round = await inDecisionTransaction(this.pool, async (client, { now }) => {
         const { rows } = await client.query<{ target: string }>(
           `SELECT DISTINCT target::text AS target FROM active_bans WHERE expires_at <= $1 LIMIT $2`,
           [now, this.sweepBatchSize],
@@ -910,7 +1054,7 @@ export class DecisionStore {
        WHERE n.expires_at IS NULL OR n.expires_at > clock_timestamp() LIMIT 1`,
     );
     if (!rowCount) return { changes: 0, lastSeq: null };
-    return inDecisionTransaction(this.pool, async (client, now) => {
+    return inDecisionTransaction(this.pool, async (client, { now }) => {
       const allowlist = await activeAllowlist(client, now);
       if (allowlist.length === 0) return { changes: 0, lastSeq: null };
       const { rows } = await client.query<{ target: string }>(

@@ -11,9 +11,18 @@ export interface ListenOptions {
   /** Backoff between reconnect attempts; defaults 100 ms doubling up to 5 s. */
   minDelayMs?: number;
   maxDelayMs?: number;
+  /**
+   * Runs on every new connection once LISTEN is active, before onReconnect (session state that lives and
+   * dies with the connection, such as an advisory lock). A failure counts as a failed connection attempt.
+   */
+  onConnect?: (query: (text: string) => Promise<pg.QueryResult>) => Promise<void>;
+  /** The connection dropped: what onConnect set up is gone. */
+  onLost?: () => void;
 }
 
 export interface Listener {
+  /** Runs a statement on the listening connection (its session); rejects while it is down. */
+  query(text: string): Promise<pg.QueryResult>;
   close(): Promise<void>;
 }
 
@@ -28,7 +37,7 @@ export async function listenChannel(
   onNotify: (payload: string) => void,
   options: ListenOptions = {},
 ): Promise<Listener> {
-  const { logger, onReconnect } = options;
+  const { logger, onReconnect, onConnect, onLost: lostHook } = options;
   const minDelayMs = options.minDelayMs ?? 100;
   const maxDelayMs = options.maxDelayMs ?? 5_000;
   let closed = false;
@@ -49,6 +58,7 @@ export async function listenChannel(
     try {
       await c.connect();
       await c.query(`LISTEN ${c.escapeIdentifier(channel)}`);
+      await onConnect?.((text) => c.query(text));
     } catch (err) {
       await c.end().catch(() => {});
       throw err;
@@ -72,6 +82,11 @@ export async function listenChannel(
       );
       c.end().catch(() => {});
       if (client === c) client = undefined;
+      try {
+        lostHook?.();
+      } catch (err) {
+        logger?.error({ err, channel }, 'onLost handler failed');
+      }
       scheduleReconnect();
     };
     c.on('error', onLost);
@@ -112,6 +127,10 @@ export async function listenChannel(
   client = await connect();
 
   return {
+    query(text: string) {
+      if (!client) return Promise.reject(new Error(`the LISTEN connection for ${channel} is down`));
+      return client.query(text);
+    },
     async close() {
       closed = true;
       if (retryTimer) clearTimeout(retryTimer);

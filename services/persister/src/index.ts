@@ -22,6 +22,7 @@ import {
   type Running,
 } from '@banbus/runtime';
 import { engineRules } from './engine.js';
+import { DecisionRelay } from './relay.js';
 export { mainPersister } from './main.js';
 
 export {
@@ -52,6 +53,8 @@ export interface PersisterRunning extends Running {
   sweep(): Promise<void>;
 }
 
+/** The advisory lock key of the relay lease (one per database: advisory locks are). */
+const RELAY_LEASE_KEY = 0x62616e62; // 'banb'
 /** How often unpublished decision_log rows are relayed without being told (rows a crash left behind). */
 const RELAY_FALLBACK_MS = 2_000;
 /** Decision changes handed to the bus per turn of the event loop while relaying. */
@@ -121,6 +124,27 @@ function createMetrics(registry: Registry) {
           registers: [registry],
         }),
     ),
+    leader: metric(
+      registry,
+      'banbus_persister_relay_leader',
+      () =>
+        new Gauge({
+          name: 'banbus_persister_relay_leader',
+          help: '1 while this persister holds the relay lease (it publishes the decision changes of all persisters)',
+          registers: [registry],
+        }),
+    ),
+    relayed: metric(
+      registry,
+      'banbus_persister_relayed_total',
+      () =>
+        new Counter({
+          name: 'banbus_persister_relayed_total',
+          help: 'Decision changes handed to the broker, by path (direct = right after this process committed them; round = read back from decision_log)',
+          labelNames: ['path'] as const,
+          registers: [registry],
+        }),
+    ),
     unpublished: metric(
       registry,
       'banbus_persister_unpublished',
@@ -138,61 +162,54 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   const { config, pool, bus, registry } = deps;
   const logger = deps.logger.child({ component: 'persister' });
   const policy = policyFromEnv(config);
-  const store = new DecisionStore(pool, engineRules(policy), { logger });
   const metrics = createMetrics(registry);
+  const relay = new DecisionRelay({
+    publish: (changes) => publishChanges(changes),
+    round: (publish, after) => store.relay(publish, after),
+    saveCursor: (seq) => store.saveRelayCursor(seq),
+    connected: () => bus.connected,
+    logger,
+    relayed: (path, n) => metrics.relayed.inc({ path }, n),
+  });
+  // The store tells the relay which seqs are this process's own before their COMMIT is answered.
+  const store = new DecisionStore(pool, engineRules(policy), {
+    logger,
+    onLogged: (seq) => relay.logged(seq),
+  });
   let stopped = false;
   let started = false;
 
   // A relay round publishes up to 2000 changes; handing them to amqplib at once kept the event loop busy
   // for tens of milliseconds (encoding and one socket write per frame), and the batch holding the decision
   // lock waited that long to send its next statement. Slices with a turn of the event loop in between let
-  // PostgreSQL's answers through. One channel keeps them in order; the round commits only when every slice
-  // was confirmed.
-  const publishChanges = async (changes: DecisionChange[]): Promise<void> => {
+  // PostgreSQL's answers through. One channel keeps them in order, and a call starts handing over its
+  // slices only when the call before it handed over its last (so a direct publish cannot slip between the
+  // slices of a round); it resolves when every slice was confirmed.
+  let handing: Promise<void> | null = null;
+  const publishChanges = (changes: DecisionChange[]): Promise<void> => {
+    // The common case, one slice with nobody handing over: at once.
+    if (handing === null && changes.length <= RELAY_SLICE) return bus.publishDecisionChanges(changes);
     const sends: Promise<void>[] = [];
-    for (let i = 0; i < changes.length; i += RELAY_SLICE) {
-      if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
-      const send = bus.publishDecisionChanges(changes.slice(i, i + RELAY_SLICE));
-      // Awaited below; until then a rejection must not count as unhandled (that would end the process).
-      send.catch(() => undefined);
-      sends.push(send);
-    }
-    await Promise.all(sends);
+    const handOver = async (): Promise<void> => {
+      for (let i = 0; i < changes.length; i += RELAY_SLICE) {
+        if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        const send = bus.publishDecisionChanges(changes.slice(i, i + RELAY_SLICE));
+        // Awaited below; until then a rejection must not count as unhandled (that would end the process).
+        send.catch(() => undefined);
+        sends.push(send);
+      }
+    };
+    const mine = (handing ?? Promise.resolve()).then(handOver);
+    handing = mine;
+    void mine.then(() => {
+      if (handing === mine) handing = null;
+    });
+    return mine.then(() => Promise.all(sends)).then(() => undefined);
   };
-  // Every commit also sends NOTIFY banbus_decision_log with its seq. For this process's own commits it
-  // arrives after the direct trigger, usually while the round publishing that commit runs, and forced one
-  // more round (lock, read, commit: nothing to publish) that the next commit then had to wait behind.
-  // Skip the seqs this process already triggered the relay for or published. Safe with several
-  // persisters: seqs commit in seq order (the decision_seq row lock), so another process's seq at or
-  // below ours was committed before our own round read the log.
-  let committedSeq = 0;
-  let relayedSeq = 0;
+  // Sweeps and lifts log changes the relay has not seen: a round publishes them.
   const onCommitted = (seq: number | null): void => {
-    if (seq === null) return;
-    if (seq > committedSeq) committedSeq = seq;
-    void relay.trigger();
+    if (seq !== null) relay.notified(seq);
   };
-  const onNotified = (payload: string): void => {
-    const seq = Number(payload);
-    if (Number.isFinite(seq) && seq > 0 && (seq <= committedSeq || seq <= relayedSeq)) return;
-    void relay.trigger();
-  };
-  // One round at a time: changes committed during a round go out together in the next one, as one
-  // message for every consumer. (Publishing each commit's changes as soon as it committed, with the
-  // cursor's lock held across rounds, was measured too: more, smaller messages to 20+ queues cost the
-  // broker more CPU than the shorter wait saved on a 2-core machine.)
-  const relay = new CoalescedTask(
-    async () => {
-      if (!bus.connected) return; // the 'connected' event triggers the next round
-      const n = await store.relay(async (changes) => {
-        await publishChanges(changes);
-        const last = changes[changes.length - 1];
-        if (last && last.seq > relayedSeq) relayedSeq = last.seq;
-      });
-      if (n > 0) logger.debug({ published: n }, 'relayed decision changes');
-    },
-    (err) => logger.warn({ err }, 'relaying decision changes failed; retrying on the next trigger'),
-  );
   const sweeper = new CoalescedTask(
     async () => {
       const result = await store.sweep();
@@ -229,8 +246,8 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     if (result.duplicates > 0) metrics.reports.inc({ outcome: 'duplicate' }, result.duplicates);
     if (result.lastSeq !== null) {
       metrics.lastSeq.set(result.lastSeq);
-      // Not awaited: the chunk is committed (so it may be acked) and the relay publishes in seq order anyway.
-      onCommitted(result.lastSeq);
+      // Not awaited: the chunk is committed (so it may be acked); the relay publishes in seq order.
+      relay.committed(result.logged);
     }
   };
   // A message carries one report or a packed array (ReportMessageSchema); deliveries are flattened in
@@ -268,21 +285,56 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
 
   // Lift before consuming: an allowlist entry added while no persister ran must not wait for a timer.
   await lifter.trigger();
-  // Rows a crash left unpublished go out before anything new.
-  await relay.trigger();
 
-  const listeners = await Promise.all([
-    listenChannel(config.DATABASE_URL, CHANNELS.decisionLog, onNotified, {
+  // The relay lease is a session advisory lock held on the connection that LISTENs for other processes'
+  // commits: the leader is the one that hears them, and a dropped connection ends both at once. A leader
+  // whose broker connection is away gives the lease up, so that a connected persister can relay.
+  const takeLease = async (query: (text: string) => Promise<pg.QueryResult>): Promise<void> => {
+    if (relay.isLeader || stopped || !bus.connected) return;
+    const { rows } = await query(`SELECT pg_try_advisory_lock(${RELAY_LEASE_KEY}) AS ok`);
+    if ((rows[0] as { ok: boolean }).ok) lead(true);
+  };
+  const lead = (leader: boolean) => {
+    relay.setLeader(leader);
+    metrics.leader.set(leader ? 1 : 0);
+  };
+  const decisionLog = await listenChannel(
+    config.DATABASE_URL,
+    CHANNELS.decisionLog,
+    (payload) => relay.notified(Number(payload)),
+    {
       logger,
-      onReconnect: () => void relay.trigger(),
-    }),
-    listenChannel(config.DATABASE_URL, CHANNELS.allowlist, () => void lifter.trigger(), {
+      onConnect: takeLease,
+      onLost: () => lead(false),
+      onReconnect: () => void relay.round(),
+    },
+  );
+  const tryLease = () =>
+    void takeLease((text) => decisionLog.query(text)).catch((err: unknown) =>
+      logger.debug({ err }, 'asking for the relay lease failed'),
+    );
+  const listeners = [
+    decisionLog,
+    await listenChannel(config.DATABASE_URL, CHANNELS.allowlist, () => void lifter.trigger(), {
       logger,
       onReconnect: () => void lifter.trigger(),
     }),
-  ]);
-  const onConnected = () => void relay.trigger();
+  ];
+  // Rows a crash left unpublished go out before anything new; the direct path starts after them.
+  await relay.round();
+  const onConnected = () => {
+    tryLease();
+    void relay.round();
+  };
+  const onDisconnected = () => {
+    if (!relay.isLeader) return;
+    lead(false);
+    void decisionLog
+      .query(`SELECT pg_advisory_unlock(${RELAY_LEASE_KEY})`)
+      .catch((err: unknown) => logger.debug({ err }, 'giving the relay lease up failed'));
+  };
   bus.on('connected', onConnected);
+  bus.on('disconnected', onDisconnected);
 
   const consumer: Consumer = await bus.consume<Report[]>({
     queue: bus.topology.persisterQueue,
@@ -312,7 +364,9 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   };
   const timers = [
     setInterval(() => {
-      void relay.trigger();
+      // A leader that went away (its connection to PostgreSQL dropped) is replaced here.
+      tryLease();
+      void relay.round();
       void refreshGauges(false);
     }, RELAY_FALLBACK_MS),
     setInterval(() => void sweeper.trigger(), Math.max(10, config.PERSISTER_SWEEP_INTERVAL * 1000)),
@@ -333,20 +387,21 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   return {
     store,
     ready: () => started && !stopped && bus.connected,
-    relay: () => relay.trigger(),
+    relay: () => relay.round(),
     sweep: () => sweeper.trigger(),
     async stop() {
       if (stopped) return;
       stopped = true;
       for (const t of timers) clearInterval(t);
       bus.off('connected', onConnected);
+      bus.off('disconnected', onDisconnected);
       // Cancelling lets the in-flight batch finish (and commit) before it resolves.
       await consumer.cancel().catch((err: unknown) => logger.warn({ err }, 'cancelling the consumer failed'));
-      await Promise.allSettled(listeners.map((l) => l.close()));
       await Promise.all([sweeper.idle(), lifter.idle()]);
-      // Whatever the last batches logged goes out now rather than at the next start.
-      await relay.trigger();
-      await relay.idle();
+      // Whatever the last batches logged goes out now rather than at the next start, and the cursor says so;
+      // then the lease goes with the LISTEN connection.
+      await relay.stop();
+      await Promise.allSettled(listeners.map((l) => l.close()));
       logger.info('persister stopped');
     },
   };

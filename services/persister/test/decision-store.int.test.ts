@@ -26,13 +26,16 @@ describe('DecisionStore', () => {
   test('a batch mixing stored and new ids applies only the new ones, in order, without seq gaps', async () => {
     const first = report({ target: '192.0.2.1' });
     const r1 = await store.applyReports([first]);
-    assert.deepEqual(r1, {
+    const { logged: logged1, ...rest1 } = r1;
+    assert.deepEqual(rest1, {
       applied: 1,
       duplicates: 0,
       outcomes: [{ id: first.id, outcome: 'banned' }],
       changes: 1,
       lastSeq: 1,
     });
+    // What the persister publishes right after the commit is what the relay would read back from the log.
+    assert.deepEqual(logged1, await store.logSince(0));
     const unban = report({ target: '192.0.2.1', action: 'unban' });
     const fresh = report({ target: '192.0.2.2' });
     // first (stored) would re-ban after the unban if it were applied again.
@@ -49,6 +52,7 @@ describe('DecisionStore', () => {
       (await store.logSince(0)).map((c) => `${c.seq} ${c.op} ${c.target}`),
       ['1 add 192.0.2.1', '2 del 192.0.2.1', '3 add 192.0.2.2'],
     );
+    assert.deepEqual(r2.logged, await store.logSince(1));
     const { rows } = await pool.query('SELECT count(*)::int AS n FROM reports');
     assert.equal(rows[0].n, 3);
   });
@@ -165,16 +169,46 @@ describe('DecisionStore', () => {
     const all = await store.logSince(0);
     assert.equal(await store.unpublishedCount(), all.length);
     const seen: number[] = [];
-    const n = await store.relay(async (changes) => {
+    const last = all[all.length - 1]!.seq;
+    const result = await store.relay(async (changes) => {
       seen.push(...changes.map((c) => c.seq));
     });
-    assert.equal(n, all.length);
+    assert.deepEqual(result, { published: all.length, position: last, cursor: last });
     assert.deepEqual(
       seen,
       all.map((c) => c.seq),
     );
     assert.equal(await store.unpublishedCount(), 0);
-    assert.equal(await store.relay(async () => assert.fail('nothing left to publish')), 0);
+    assert.deepEqual(await store.relay(async () => assert.fail('nothing left to publish')), {
+      published: 0,
+      position: last,
+      cursor: last,
+    });
+  });
+
+  test('relay(publish, after) skips what the caller published itself; saveRelayCursor() never moves back', async () => {
+    const from = await store.lastSeq();
+    await store.applyReports(
+      ['198.51.100.41', '198.51.100.42', '198.51.100.43'].map((target) => report({ target })),
+    );
+    // The caller published from+1 and from+2 on its own and did not save the cursor yet.
+    const seen: number[] = [];
+    const result = await store.relay(async (changes) => {
+      seen.push(...changes.map((c) => c.seq));
+    }, from + 2);
+    assert.deepEqual(seen, [from + 3]);
+    assert.deepEqual(result, { published: 1, position: from + 3, cursor: from + 3 });
+    // Nothing left after `after` either: the position is `after`, the cursor stays where it is.
+    assert.deepEqual(await store.relay(async () => assert.fail('nothing to publish'), from + 3), {
+      published: 0,
+      position: from + 3,
+      cursor: from + 3,
+    });
+    await store.saveRelayCursor(from + 1);
+    assert.equal(await store.unpublishedCount(), 0, 'the cursor did not move back');
+    await pool.query('UPDATE decision_relay SET published_seq = $1', [from]);
+    await store.saveRelayCursor(from + 3);
+    assert.equal(await store.unpublishedCount(), 0);
   });
   test('batches handed over at once apply in the order given; one failing fails the one waiting behind it', async () => {
     const from = await store.lastSeq();
