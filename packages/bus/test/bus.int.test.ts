@@ -173,6 +173,8 @@ describe('Bus (RabbitMQ)', () => {
     await bus.publishDecisionChanges([{ seq: count + 1, op: 'del', target: '192.0.2.9' }]);
     const lone = await waitFor(() => withChannel((ch) => ch.get(queue, { noAck: true })));
     assert.deepEqual(JSON.parse(lone.content.toString()), { seq: count + 1, op: 'del', target: '192.0.2.9' });
+    // Transient: decision_log is the record, and consumers heal from it (see publishDecisionChanges).
+    assert.equal(lone.properties.deliveryMode, 1);
   });
 
   test('decision changes reach a DecisionListener in seq order', async () => {

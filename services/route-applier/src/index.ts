@@ -93,6 +93,7 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
   let applier: Applier | undefined;
   let consumer: Consumer | undefined;
   let checkTimer: NodeJS.Timeout | undefined;
+  let onReconnected: (() => void) | undefined;
   try {
     const neverBlock =
       deps.neverBlock ?? (await detectNeverBlock(config.APPLIER_NETNS, config.APPLIER_NEVER_BLOCK, logger));
@@ -143,6 +144,11 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
       ackDelayMs: ACK_DELAY_MS,
     });
     running.start();
+    // Decision messages are transient: a broker restart empties the host queue. Whatever it held is in
+    // the decision log, so every reconnect asks the aggregator for a delta instead of waiting for the next
+    // change (or the periodic check) to show the gap.
+    onReconnected = () => void running.check();
+    bus.on('connected', onReconnected);
     if (config.APPLIER_CHECK_INTERVAL > 0) {
       checkTimer = setInterval(() => void running.check(), config.APPLIER_CHECK_INTERVAL * 1000);
       checkTimer.unref();
@@ -186,6 +192,7 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
         if (stopped) return;
         stopped = true;
         if (checkTimer) clearInterval(checkTimer);
+        if (onReconnected) bus.off('connected', onReconnected);
         await running.stop();
         await consumer?.cancel();
         if (config.APPLIER_REMOVE_ON_SHUTDOWN) {
@@ -202,6 +209,7 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
     };
   } catch (err) {
     if (checkTimer) clearInterval(checkTimer);
+    if (onReconnected) bus.off('connected', onReconnected);
     await applier?.stop().catch(() => undefined);
     await consumer?.cancel().catch(() => undefined);
     await backend.close().catch(() => undefined);
