@@ -6,6 +6,7 @@
 // lock serializes all decision changes across any number of persisters, so seqs are allocated gap-free
 // and transactions commit in seq order: what the relay has not published yet is always the rows after one
 // seq, which is what lets it keep a single cursor (decision_relay) and publish in order.
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { targetFromDb, type Decision, type DecisionChange, type Origin, type Report } from '@banbus/core';
 import type { Logger } from '@banbus/runtime';
@@ -183,7 +184,10 @@ export function logRowToChange(r: LogDbRow): DecisionChange {
  */
 const DECISION_TX_START =
   'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; ' +
-  'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; SET LOCAL standard_conforming_strings = on';
+  'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; SET LOCAL standard_conforming_strings = on; ' +
+  'SET LOCAL plan_cache_mode = force_generic_plan';
+/** Statements in DECISION_TX_START. */
+const DECISION_TX_STATEMENTS = 8;
 /**
  * The decision lock (see the top of this file), sent with DECISION_TX_START: one round trip for both. It
  * reads the database clock under the lock as epoch milliseconds (what the Date the engine works with
@@ -199,8 +203,8 @@ const LOCK_NOW = "('epoch'::timestamptz + current_setting('banbus.now')::int8 * 
 /** What a transaction's work may do besides querying. */
 interface Tx {
   /**
-   * Sends `sql` (no parameters) and COMMIT in one round trip and returns the first statement's rows; the
-   * transaction is committed when it resolves. Nothing may be sent after it.
+   * Sends `sql` (statements without parameters) and COMMIT in one round trip and returns the rows of the
+   * last statement of `sql`; the transaction is committed when it resolves. Nothing may be sent after it.
    */
   commitWith<R extends pg.QueryResultRow>(sql: string): Promise<R[]>;
 }
@@ -212,7 +216,7 @@ interface Tx {
  */
 async function inTransaction<T, B = unknown>(
   pool: pg.Pool,
-  begin: string,
+  begin: string | ((client: pg.PoolClient) => string),
   work: (client: pg.PoolClient, begun: B, tx: Tx) => Promise<T>,
   ready?: Promise<void>,
 ): Promise<T> {
@@ -224,16 +228,21 @@ async function inTransaction<T, B = unknown>(
     async commitWith<R extends pg.QueryResultRow>(sql: string): Promise<R[]> {
       committed = true;
       const results = (await client.query(`${sql}; COMMIT`)) as unknown as pg.QueryResult<R>[];
-      return results[0]!.rows;
+      return results[results.length - 2]!.rows;
     },
   };
   try {
     await ready;
     begun = true;
-    const result = await work(client, (await client.query(begin)) as unknown as B, tx);
+    const text = typeof begin === 'string' ? begin : begin(client);
+    const result = await work(client, (await client.query(text)) as unknown as B, tx);
     if (!committed) await client.query('COMMIT');
     return result;
   } catch (err) {
+    // Which of the statements prepared on this connection exist now is unknown (PREPARE outlives a
+    // rolled-back transaction, and a failed round trip may have stopped before it): a new connection
+    // starts clean.
+    if (PREPARED.forget(client)) broken = true;
     if (begun) {
       try {
         await client.query('ROLLBACK');
@@ -269,20 +278,18 @@ function inDecisionTransaction<T>(
   pool: pg.Pool,
   work: (client: pg.PoolClient, locked: Locked) => Promise<T>,
   ready?: Promise<void>,
-  then?: string,
+  then?: (client: pg.PoolClient) => string,
 ): Promise<T> {
   // A multi-statement string answers with one result per statement: the lock's is the last, or the one
-  // before `then`'s.
+  // before `then`'s (which, prepared, may be a PREPARE and an EXECUTE: the EXECUTE answers last).
   return inTransaction<T, pg.QueryResult[]>(
     pool,
     then === undefined
       ? `${DECISION_TX_START}; ${DECISION_LOCK}`
-      : `${DECISION_TX_START}; ${DECISION_LOCK}; ${then}`,
+      : (client) => `${DECISION_TX_START}; ${DECISION_LOCK}; ${then(client)}`,
     (client, results, tx) => {
-      const lock = results[results.length - (then === undefined ? 1 : 2)]!.rows[0] as {
-        last: string;
-        now: string;
-      };
+      // BEGIN and the SET LOCALs answer first, then the lock.
+      const lock = results[DECISION_TX_STATEMENTS]!.rows[0] as { last: string; now: string };
       return work(client, {
         now: new Date(Number(lock.now)),
         lastSeq: Number(lock.last),
@@ -541,11 +548,58 @@ function parseLoaded(row: LoadedRow): Loaded {
  * target or id is not plain address or uuid text (then the load is sent on its own, with parameters).
  * Targets are canonical addresses and networks and ids uuids (the schemas), so this never happens today.
  */
-function inlineLoad(targets: readonly string[], ids: readonly string[]): string | undefined {
+function inlineLoad(
+  targets: readonly string[],
+  ids: readonly string[],
+): ((client: pg.PoolClient) => string) | undefined {
   if (!targets.every((t) => /^[0-9A-Fa-f:./]+$/.test(t))) return undefined;
   if (!ids.every((id) => /^[0-9A-Fa-f-]+$/.test(id))) return undefined;
-  return loadStatement(`'{${targets.join(',')}}'::cidr[]`, LOCK_NOW, `'{${ids.join(',')}}'::uuid[]`);
+  const args = [`'{${targets.join(',')}}'`, `'{${ids.join(',')}}'`];
+  return (client) => PREPARED.execute(client, LOAD_STATEMENT, args);
 }
+
+/** The load with the known-ids check, prepared once per connection (see PreparedStatements). */
+const LOAD_STATEMENT = loadStatement('$1::cidr[]', LOCK_NOW, '$2::uuid[]');
+
+/**
+ * Statements that decision transactions run by EXECUTE, each PREPAREd on a connection the first time it
+ * is used there. Inside a multi-statement round trip (the lock's, the write's with its COMMIT) a statement
+ * cannot have parameters, and planning the load and the write anew each time cost PostgreSQL about half a
+ * millisecond each, a quarter of a core at a few hundred transactions a second. With plan_cache_mode =
+ * force_generic_plan (DECISION_TX_START) each is planned once per connection. Write statements differ
+ * by which of their parts a batch needs, so they are named by their text.
+ */
+class PreparedStatements {
+  private readonly byClient = new WeakMap<pg.ClientBase, Set<string>>();
+  private readonly names = new Map<string, string>();
+
+  /** `EXECUTE` of `text` with `args` (SQL literals), preceded by its PREPARE if this connection lacks it. */
+  execute(client: pg.ClientBase, text: string, args: readonly string[]): string {
+    let name = this.names.get(text);
+    if (name === undefined) {
+      name = `banbus_${createHash('sha1').update(text).digest('hex').slice(0, 20)}`;
+      // Texts depend only on the shape of a write, not on its values: a few dozen at most.
+      if (this.names.size < MAX_PREPARED) this.names.set(text, name);
+    }
+    let prepared = this.byClient.get(client);
+    if (prepared === undefined) {
+      prepared = new Set();
+      this.byClient.set(client, prepared);
+    }
+    const call = args.length > 0 ? `EXECUTE ${name}(${args.join(', ')})` : `EXECUTE ${name}`;
+    if (prepared.has(name)) return call;
+    prepared.add(name);
+    return `PREPARE ${name} AS ${text}; ${call}`;
+  }
+
+  /** Forgets what was prepared on `client`; true when something was. */
+  forget(client: pg.ClientBase): boolean {
+    return this.byClient.delete(client);
+  }
+}
+
+const MAX_PREPARED = 200;
+const PREPARED = new PreparedStatements();
 
 /**
  * The parameters of one statement. Rows go as one array parameter per column, built here as PostgreSQL
@@ -796,19 +850,16 @@ function buildWrite(
 }
 
 /**
- * A statement's parameters written into its text, for a round trip that also carries COMMIT (a statement
+ * A parameter value as an SQL literal, for an EXECUTE in a round trip that also carries COMMIT (a statement
  * with parameters must travel alone). Values are the Statement's: numbers, null and text, the text quoted
  * as a standard string literal (the decision transaction sets standard_conforming_strings: only the quote
  * itself is special).
  */
-function inlineParameters(text: string, values: readonly unknown[]): string {
-  return text.replace(/\$(\d+)/g, (_, n: string) => {
-    const v = values[Number(n) - 1];
-    if (v === null || v === undefined) return 'NULL';
-    if (typeof v === 'number') return String(v);
-    if (typeof v !== 'string') throw new Error(`decision store: cannot inline a ${typeof v} parameter`);
-    return `'${v.replaceAll("'", "''")}'`;
-  });
+function literal(v: unknown): string {
+  if (v === null || v === undefined) return 'NULL';
+  if (typeof v === 'number') return String(v);
+  if (typeof v !== 'string') throw new Error(`decision store: cannot inline a ${typeof v} parameter`);
+  return `'${v.replaceAll("'", "''")}'`;
 }
 
 /** The decision_log rows a write inserted, as logRowToChange reads them (seqs end at lastSeq). */
@@ -903,7 +954,7 @@ export class DecisionStore {
           // it the moment this one commits.
           turn.sent();
           const rows = await tx.commitWith<{ last: string | null }>(
-            inlineParameters(write.text, write.values),
+            PREPARED.execute(client, write.text, write.values.map(literal)),
           );
           const written = rows[0]?.last;
           if (lastSeq !== null && Number(written) !== lastSeq) {
