@@ -53,6 +53,8 @@ export interface PersisterRunning extends Running {
   sweep(): Promise<void>;
 }
 
+/** Longest wait before a committed message is acked (see ConsumeOptions.ackDelayMs). */
+const ACK_DELAY_MS = 20;
 /** The advisory lock key of the relay lease (one per database: advisory locks are). */
 const RELAY_LEASE_KEY = 0x62616e62; // 'banb'
 /** How often unpublished decision_log rows are relayed without being told (rows a crash left behind). */
@@ -349,6 +351,8 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     handler,
     // The next batch is parsed and queued while the previous one is still being written.
     concurrency: 2,
+    // Acks go out in groups (after the commits, as always): each is a frame the broker handles.
+    ackDelayMs: ACK_DELAY_MS,
   });
 
   const refreshGauges = async (withDecisions: boolean) => {
