@@ -783,6 +783,17 @@ export class QueueConsumer<T> implements Consumer {
   /** Owes the broker an ack for held: it goes out with the next flush. */
   private ack(held: Held): void {
     held.settled = 'ack';
+    this.scheduleAcks();
+  }
+
+  private nack(held: Held): void {
+    held.settled = 'nacked';
+    nack(held);
+    // Acks owed behind it may have been waiting for it to settle.
+    this.scheduleAcks();
+  }
+
+  private scheduleAcks(): void {
     if (this.ackFlush) return;
     const delay = this.options.ackDelayMs ?? 0;
     if (delay > 0) {
@@ -792,11 +803,6 @@ export class QueueConsumer<T> implements Consumer {
       const immediate = setImmediate(() => this.flushAcks());
       this.ackFlush = { cancel: () => clearImmediate(immediate) };
     }
-  }
-
-  private nack(held: Held): void {
-    held.settled = 'nacked';
-    nack(held);
   }
 
   /**
@@ -828,7 +834,7 @@ export class QueueConsumer<T> implements Consumer {
       rest = rest.filter((held) => held.settled === undefined);
     }
     this.outstanding = rest;
-    // Acks owed behind a delivery still being handled wait for it; its own ack schedules the next flush.
+    // Acks owed behind a delivery still being handled wait for it; settling it schedules the next flush.
   }
 
   /** The channel is gone, and with it every delivery tag: nothing is owed any more. */
