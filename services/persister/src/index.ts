@@ -291,10 +291,17 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   // The relay lease is a session advisory lock held on the connection that LISTENs for other processes'
   // commits: the leader is the one that hears them, and a dropped connection ends both at once. A leader
   // whose broker connection is away gives the lease up, so that a connected persister can relay.
+  // One question at a time: the lock counts, and a second grant would outlive the one unlock.
+  let asking = false;
   const takeLease = async (query: (text: string) => Promise<pg.QueryResult>): Promise<void> => {
-    if (relay.isLeader || stopped || !bus.connected) return;
-    const { rows } = await query(`SELECT pg_try_advisory_lock(${RELAY_LEASE_KEY}) AS ok`);
-    if ((rows[0] as { ok: boolean }).ok) lead(true);
+    if (relay.isLeader || stopped || !bus.connected || asking) return;
+    asking = true;
+    try {
+      const { rows } = await query(`SELECT pg_try_advisory_lock(${RELAY_LEASE_KEY}) AS ok`);
+      if ((rows[0] as { ok: boolean }).ok) lead(true);
+    } finally {
+      asking = false;
+    }
   };
   const lead = (leader: boolean) => {
     relay.setLeader(leader);
@@ -332,7 +339,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     if (!relay.isLeader) return;
     lead(false);
     void decisionLog
-      .query(`SELECT pg_advisory_unlock(${RELAY_LEASE_KEY})`)
+      .query('SELECT pg_advisory_unlock_all()')
       .catch((err: unknown) => logger.debug({ err }, 'giving the relay lease up failed'));
   };
   bus.on('connected', onConnected);
