@@ -49,6 +49,8 @@ export async function ensureDatabase(databaseUrl: string): Promise<boolean> {
   const name = databaseName(databaseUrl);
   // Try the target first: a role that may not connect to 'postgres' can still use an existing database.
   const probe = new pg.Client({ connectionString: databaseUrl, application_name: 'banbus-migrate' });
+  // Failures surface through the awaited calls; the event alone would end the process.
+  probe.on('error', () => {});
   try {
     await probe.connect();
     return false;
@@ -61,6 +63,7 @@ export async function ensureDatabase(databaseUrl: string): Promise<boolean> {
     connectionString: withDatabase(databaseUrl, 'postgres'),
     application_name: 'banbus-migrate',
   });
+  admin.on('error', () => {});
   await admin.connect();
   try {
     const { rowCount } = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [name]);
@@ -89,8 +92,23 @@ export async function migrate(databaseUrl: string, options: MigrateOptions = {})
   const dir = migrationsDir();
   if (!existsSync(dir)) throw new Error(`migrations directory not found: ${dir} (set BANBUS_MIGRATIONS_DIR)`);
   const logger = options.logger;
+  // Our own client rather than node-pg-migrate's, for its 'error' event: a connection the server ends
+  // (a restart, pg_terminate_backend) fails the statement it runs, and without a listener the event
+  // would also end the process.
+  const client = new pg.Client({ connectionString: databaseUrl, application_name: 'banbus-migrate' });
+  client.on('error', (err) => logger?.warn({ err: err.message }, 'the migration connection failed'));
+  await client.connect();
+  try {
+    return await runMigrations(client, dir, options);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function runMigrations(client: pg.Client, dir: string, options: MigrateOptions): Promise<string[]> {
+  const logger = options.logger;
   const ran = await runner({
-    databaseUrl: { connectionString: databaseUrl, application_name: 'banbus-migrate' },
+    dbClient: client,
     dir,
     migrationsTable: MIGRATIONS_TABLE,
     direction: options.direction ?? 'up',

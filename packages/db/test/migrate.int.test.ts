@@ -4,6 +4,7 @@ import pg from 'pg';
 import { ensureDatabase, migrate, migrationsDir } from '../src/migrate.js';
 import { createTestDatabase, databaseBaseUrl, type TestDatabase } from '../../../test/harness/db.js';
 import { withDatabase } from '../src/migrate.js';
+import { waitFor } from '../../../test/harness/wait.js';
 
 const SCHEMA_TABLES = [
   'active_bans',
@@ -96,4 +97,38 @@ test('ensureDatabase quotes the database name', async () => {
     await admin.query(`DROP DATABASE IF EXISTS ${admin.escapeIdentifier(name)}`);
     await admin.end();
   }
+});
+
+test('a migration whose connection is killed (a database restart) fails; the process goes on', async () => {
+  const fresh = await createTestDatabase({ migrate: false });
+  others.push(fresh);
+  // Hold node-pg-migrate's lock, so that migrate() waits on its connection until that is killed.
+  const holder = new pg.Client({ connectionString: fresh.url });
+  await holder.connect();
+  try {
+    await holder.query('SELECT pg_advisory_lock(7241865325823964)');
+    const running = migrate(fresh.url);
+    running.catch(() => undefined);
+    const waiting = async () =>
+      (
+        await holder.query<{ pid: number }>(
+          `SELECT pid FROM pg_stat_activity
+            WHERE datname = current_database() AND application_name = 'banbus-migrate' AND wait_event_type = 'Lock'`,
+        )
+      ).rows;
+    const [victim] = await waitFor(
+      async () => {
+        const rows = await waiting();
+        return rows.length > 0 ? rows : undefined;
+      },
+      { what: 'migrate waiting for its lock' },
+    );
+    await holder.query('SELECT pg_terminate_backend($1)', [victim!.pid]);
+    await assert.rejects(running, /terminat/i);
+    assert.deepEqual(await tables(fresh.url), [], 'nothing was migrated');
+  } finally {
+    await holder.end();
+  }
+  // A later run migrates normally.
+  assert.deepEqual(await migrate(fresh.url), MIGRATIONS);
 });
