@@ -1,11 +1,15 @@
-import { createServer, type Server } from 'node:http';
+import { createRequire } from 'node:module';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import express, { type Express, type NextFunction, type Request, type Response } from 'express';
-import { pinoHttp } from 'pino-http';
+import type createExpress from 'express';
+import type { Express, NextFunction, Request, Response } from 'express';
+import type { pinoHttp as PinoHttp } from 'pino-http';
 import type { Logger } from './logger.js';
 import { redactUrl } from './logger.js';
 import type { Registry } from './metrics.js';
 import { HttpError } from './errors.js';
+
+const require = createRequire(import.meta.url);
 
 /** A named readiness check: resolves true when the dependency answers. */
 export type ReadinessCheck = () => Promise<boolean> | boolean;
@@ -22,6 +26,10 @@ export interface ServiceAppOptions {
  * routes and then calls `finishApp` to add the 404 and error handlers.
  */
 export function createServiceApp(options: ServiceAppOptions): Express {
+  // Loaded on first use: a process that serves only probes (the route-applier, createProbeHandler)
+  // never pays for express and pino-http.
+  const express = require('express') as typeof createExpress;
+  const { pinoHttp } = require('pino-http') as { pinoHttp: typeof PinoHttp };
   const app = express();
   app.disable('x-powered-by');
   // Hashing every answer body for an ETag costs ingest ~1.5% of its CPU per report and no API client
@@ -123,7 +131,7 @@ export interface Listening {
 }
 
 /** Listens on host:port (port 0 = any free port, for tests) and closes keep-alive sockets on close. */
-export async function listen(app: Express, port: number, host = '0.0.0.0'): Promise<Listening> {
+export async function listen(app: RequestListener, port: number, host = '0.0.0.0'): Promise<Listening> {
   const server = createServer(app);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -4,14 +4,7 @@
 import type { Channel } from 'amqplib';
 import { DecisionMessageSchema, type DecisionChange, type RouteApplierEnv } from '@banbus/core';
 import type { Bus, Consumer } from '@banbus/bus';
-import {
-  createServiceApp,
-  finishApp,
-  listen,
-  type Logger,
-  type Registry,
-  type Running,
-} from '@banbus/runtime';
+import { createProbeHandler, listen, type Logger, type Registry, type Running } from '@banbus/runtime';
 import { Applier } from './applier.js';
 import { BackendError, createBackend, type KernelBackend } from './backends/index.js';
 import { detectNeverBlock } from './host.js';
@@ -154,28 +147,29 @@ export async function startRouteApplier(deps: RouteApplierDeps): Promise<RouteAp
       checkTimer.unref();
     }
 
-    const app = createServiceApp({
+    // node:http alone, not an express app: this process runs on every host (see createProbeHandler).
+    const handler = createProbeHandler({
       logger,
       registry,
       readiness: { bus: () => bus.connected, snapshot: () => running.ready },
+      routes: {
+        '/v1/status': () => ({
+          host: config.APPLIER_HOST,
+          backend: backend.name,
+          queue,
+          ready: running.ready,
+          seq: running.seq,
+          entries: running.kernelView.size,
+          decisions: running.decisions.size,
+          refused: running.refusedCount,
+          lag: running.lag(),
+          snapshots: running.snapshots,
+          deltas: running.deltas,
+          lastSnapshotError: running.lastSnapshotError ?? null,
+        }),
+      },
     });
-    app.get('/v1/status', (_req, res) => {
-      res.json({
-        host: config.APPLIER_HOST,
-        backend: backend.name,
-        queue,
-        ready: running.ready,
-        seq: running.seq,
-        entries: running.kernelView.size,
-        decisions: running.decisions.size,
-        refused: running.refusedCount,
-        lag: running.lag(),
-        snapshots: running.snapshots,
-        deltas: running.deltas,
-        lastSnapshotError: running.lastSnapshotError ?? null,
-      });
-    });
-    const server = await listen(finishApp(app), config.APPLIER_PORT, config.BANBUS_LISTEN);
+    const server = await listen(handler, config.APPLIER_PORT, config.BANBUS_LISTEN);
     logger.info(
       { port: server.port, backend: backend.name, queue, aggregator: config.BANBUS_URL },
       'route-applier started',
