@@ -51,6 +51,8 @@ export interface World {
   serve<S extends { stop(): Promise<void> }>(start: (own: Own) => Promise<S>): Promise<S & Own>;
   /** Publishes reports and waits until the persister relayed the change of the last one's target. */
   publish(reports: Report[]): Promise<DecisionChange>;
+  /** Queues beyond the namespace's own that close() deletes (a route-applier's). */
+  queues: string[];
   close(): Promise<void>;
 }
 
@@ -63,6 +65,7 @@ export async function createWorld(): Promise<World> {
   const bus = await Bus.connect({ url: amqpUrl, namespace, logger, registry: createRegistry(false) });
   const listener = await DecisionListener.start(amqpUrl, namespace);
   const running: { stop(): Promise<void> }[] = [];
+  const queues: string[] = [];
   const config = (overrides: Partial<PersisterEnv> = {}): PersisterEnv => ({
     ...parseEnv(PersisterEnvSchema, {
       DATABASE_URL: db.url,
@@ -112,6 +115,7 @@ export async function createWorld(): Promise<World> {
     config,
     start: (overrides = {}) => serve((own) => startPersister({ config: config(overrides), logger, ...own })),
     serve,
+    queues,
     async publish(reports) {
       const last = reports[reports.length - 1]!;
       await bus.publishReports(reports);
@@ -124,7 +128,7 @@ export async function createWorld(): Promise<World> {
       await listener.close();
       await bus.close();
       await pool.end();
-      await deleteNamespace(amqpUrl, namespace).catch(() => undefined);
+      await deleteNamespace(amqpUrl, namespace, queues).catch(() => undefined);
       await db.drop();
     },
   };

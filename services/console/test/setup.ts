@@ -95,6 +95,7 @@ export async function createWorld(): Promise<World> {
         APPLIER_CHECK_INTERVAL: '0',
       });
       const started = await base.serve((own) => startRouteApplier({ config, logger, ...own }));
+      base.queues.push(started.queue);
       return Object.assign(started, { url: `http://127.0.0.1:${started.port}` });
     },
   };
