@@ -66,6 +66,8 @@ export class DecisionRelay {
   private readonly cursorSaveMs: number;
   private stopped = false;
   private leader = false;
+  /** A round is reading and publishing: changes committed meanwhile go with it, not directly. */
+  private inRound = false;
 
   constructor(
     private readonly deps: RelayDeps,
@@ -126,7 +128,9 @@ export class DecisionRelay {
     const last = changes[changes.length - 1]!.seq;
     if (last > this.ownSeq) this.ownSeq = last;
     if (this.handed !== null && last <= this.handed) return; // a round already sent them
-    if (this.handed !== null && first === this.handed + 1 && this.deps.connected()) {
+    // While a round runs, its read may already hold these changes: sent directly as well, they would go
+    // out twice. The round runs once more after this one and takes them (CoalescedTask).
+    if (!this.inRound && this.handed !== null && first === this.handed + 1 && this.deps.connected()) {
       this.hand([...changes]);
       return;
     }
@@ -199,11 +203,17 @@ export class DecisionRelay {
     if (!this.deps.connected()) return; // the 'connected' event triggers the next round
     // Direct publishes still in flight end first: the round then starts after what they confirmed and
     // does not send them again.
-    await this.settle();
-    const result = await this.deps.round(async (changes) => {
-      await this.deps.publish(changes);
-      this.deps.relayed?.('round', changes.length);
-    }, this.confirmed);
+    this.inRound = true;
+    let result: RelayResult;
+    try {
+      await this.settle();
+      result = await this.deps.round(async (changes) => {
+        await this.deps.publish(changes);
+        this.deps.relayed?.('round', changes.length);
+      }, this.confirmed);
+    } finally {
+      this.inRound = false;
+    }
     // Everything up to the round's position is confirmed.
     if (result.cursor > this.saved) this.saved = result.cursor;
     if (!this.leader) return; // lost the lease meanwhile: the line starts again with the next lease

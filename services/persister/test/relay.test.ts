@@ -163,3 +163,26 @@ test('stop() waits for confirms in flight and saves the cursor', async () => {
   await stopped;
   assert.equal(w.cursor, 3);
 });
+
+test('changes committed while a round runs go out with the round, once, not directly as well', async () => {
+  const w = new World();
+  w.relay.setLeader(true);
+  await w.relay.round();
+  w.commit(1, 1);
+  await waitFor(() => w.relay.confirmedSeq === 1, { timeoutMs: 2_000, what: 'seq 1 confirmed' });
+  // Seq 2 is the leader's own and committed, but the batch has not told the relay yet when a round
+  // (the periodic one) reads the log: the round publishes it.
+  w.log.push(change(2));
+  w.holdConfirms = true;
+  const round = w.relay.round();
+  await waitFor(() => w.sent.includes(2), { timeoutMs: 2_000, what: 'the round publishing seq 2' });
+  // Now the batch tells the relay: seq 2 follows seq 1 exactly, but the round has it.
+  w.relay.committed([change(2)]);
+  w.confirmAll();
+  await round;
+  assert.deepEqual(w.sent, [1, 2]);
+  // The line continues directly after the round.
+  w.holdConfirms = false;
+  w.commit(3, 3);
+  assert.deepEqual(w.sent, [1, 2, 3]);
+});
