@@ -62,22 +62,31 @@ export function createServiceApp(options: ServiceAppOptions): Express {
     res.json({ status: 'ok' });
   });
   app.get('/readyz', async (_req, res) => {
-    const checks: Record<string, boolean> = {};
-    for (const [name, check] of Object.entries(options.readiness ?? {})) {
-      try {
-        checks[name] = await check();
-      } catch {
-        checks[name] = false;
-      }
-    }
-    const ready = Object.values(checks).every(Boolean);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
+    const { ready, body } = await readiness(options.readiness);
+    res.status(ready ? 200 : 503).json(body);
   });
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', options.registry.contentType);
     res.send(await options.registry.metrics());
   });
   return app;
+}
+
+/** Runs the readiness checks (a check that throws fails); the body /readyz answers with. */
+export async function readiness(checks: Record<string, ReadinessCheck> = {}): Promise<{
+  ready: boolean;
+  body: { status: 'ready' | 'not ready'; checks: Record<string, boolean> };
+}> {
+  const results: Record<string, boolean> = {};
+  for (const [name, check] of Object.entries(checks)) {
+    try {
+      results[name] = await check();
+    } catch {
+      results[name] = false;
+    }
+  }
+  const ready = Object.values(results).every(Boolean);
+  return { ready, body: { status: ready ? 'ready' : 'not ready', checks: results } };
 }
 
 /** Adds the JSON 404 and the error handler that turns HttpError (and body-parser errors) into answers. */

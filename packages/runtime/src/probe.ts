@@ -1,7 +1,7 @@
 import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
 import type { Logger } from './logger.js';
 import type { Registry } from './metrics.js';
-import type { ReadinessCheck } from './http.js';
+import { readiness, type ReadinessCheck } from './http.js';
 
 export interface ProbeHandlerOptions {
   logger: Logger;
@@ -23,16 +23,8 @@ export function createProbeHandler(options: ProbeHandlerOptions): RequestListene
     ...options.routes,
   };
   const readyz = async (res: ServerResponse) => {
-    const checks: Record<string, boolean> = {};
-    for (const [name, check] of Object.entries(options.readiness ?? {})) {
-      try {
-        checks[name] = await check();
-      } catch {
-        checks[name] = false;
-      }
-    }
-    const ready = Object.values(checks).every(Boolean);
-    json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', checks });
+    const { ready, body } = await readiness(options.readiness);
+    json(res, ready ? 200 : 503, body);
   };
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?', 1)[0]!;
