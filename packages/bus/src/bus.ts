@@ -788,7 +788,7 @@ export class QueueConsumer<T> implements Consumer {
 
   private nack(held: Held): void {
     held.settled = 'nacked';
-    nack(held);
+    sendNack(held);
     // Acks owed behind it may have been waiting for it to settle.
     this.scheduleAcks();
   }
@@ -821,16 +821,10 @@ export class QueueConsumer<T> implements Consumer {
       if (held.settled === undefined) break;
       if (held.settled === 'ack') last = held;
     }
-    if (last) {
-      try {
-        last.channel.ack(last.message, true);
-      } catch {
-        // The channel closed: the broker redelivers them, and handlers are idempotent.
-      }
-    }
+    if (last) sendAck(last, true);
     let rest = i === 0 ? list : list.slice(i);
     if (all) {
-      for (const held of rest) if (held.settled === 'ack') ack(held);
+      for (const held of rest) if (held.settled === 'ack') sendAck(held);
       rest = rest.filter((held) => held.settled === undefined);
     }
     this.outstanding = rest;
@@ -1000,15 +994,16 @@ export class QueueConsumer<T> implements Consumer {
   }
 }
 
-function ack(held: Held): void {
+/** Acks held now (with `multiple`, every delivery of its channel up to it). */
+function sendAck(held: Held, multiple = false): void {
   try {
-    held.channel.ack(held.message);
+    held.channel.ack(held.message, multiple);
   } catch {
     // The channel closed: the broker redelivers the message, and handlers are idempotent.
   }
 }
 
-function nack(held: Held): void {
+function sendNack(held: Held): void {
   try {
     held.channel.nack(held.message, false, true);
   } catch {

@@ -186,8 +186,8 @@ const DECISION_TX_START =
   'BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; ' +
   'SET LOCAL enable_mergejoin = off; SET LOCAL jit = off; SET LOCAL standard_conforming_strings = on; ' +
   'SET LOCAL plan_cache_mode = force_generic_plan';
-/** Statements in DECISION_TX_START. */
-const DECISION_TX_STATEMENTS = 8;
+/** Statements in DECISION_TX_START: the lock's answer follows theirs. */
+const DECISION_TX_STATEMENTS = DECISION_TX_START.split(';').length;
 /**
  * The decision lock (see the top of this file), sent with DECISION_TX_START: one round trip for both. It
  * reads the database clock under the lock as epoch milliseconds (what the Date the engine works with
@@ -926,11 +926,11 @@ export class DecisionStore {
           const loaded = thenRows
             ? parseLoaded(thenRows[0] as LoadedRow)
             : await loadState(client, now, allPlan.targets, allPlan.networks, ids);
+          // The lock is ours: the batch before this one committed, or failed and rolled back.
+          await turn.committed();
           // Reports are only ever stored under the decision lock, so the check is race-free: a redelivery
           // another persister is applying right now is visible once we hold the lock. The load covered the
           // whole batch, so it covers what is left of it.
-          // The lock is ours: the batch before this one committed, or failed and rolled back.
-          await turn.committed();
           let reports = all;
           let encoded = allEncoded;
           if (loaded.known.length > 0) {
@@ -994,7 +994,6 @@ export class DecisionStore {
   async relay(publish: (changes: DecisionChange[]) => Promise<void>, after = 0): Promise<RelayResult> {
     let published = 0;
     let position = after;
-    let saved = 0;
     for (;;) {
       // The cursor's row lock is the relay lock: a second relay waits here, then starts after our rows.
       // One round trip for BEGIN, the lock and the rows: the read is a statement of its own, so it runs
@@ -1019,8 +1018,7 @@ export class DecisionStore {
       );
       published += round.n;
       position = round.last;
-      saved = round.cursor;
-      if (round.n < this.relayBatchSize) return { published, position, cursor: saved };
+      if (round.n < this.relayBatchSize) return { published, position, cursor: round.cursor };
     }
   }
 
