@@ -97,11 +97,12 @@ export class IpsetBackend implements KernelBackend {
     return out;
   }
 
+  private line(op: 'add' | 'del', t: string): string {
+    return `${op} ${isV6(t) ? this.set6 : this.set4} ${t}`;
+  }
+
   private lines(adds: readonly string[], dels: readonly string[]): string[] {
-    const lines: string[] = [];
-    for (const t of adds) lines.push(`add ${isV6(t) ? this.set6 : this.set4} ${t}`);
-    for (const t of dels) lines.push(`del ${isV6(t) ? this.set6 : this.set4} ${t}`);
-    return lines;
+    return [...adds.map((t) => this.line('add', t)), ...dels.map((t) => this.line('del', t))];
   }
 
   async write(adds: readonly string[], dels: readonly string[], bulk: boolean): Promise<WriteFailure[]> {
@@ -130,7 +131,7 @@ export class IpsetBackend implements KernelBackend {
       i < adds.length ? { op: 'add', t: adds[i]! } : { op: 'del', t: dels[i - adds.length]! };
     const lineAt = (i: number): string => {
       const { op, t } = entryAt(i);
-      return `${op} ${isV6(t) ? this.set6 : this.set4} ${t}`;
+      return this.line(op, t);
     };
     const [command, args] = inNamespace(this.options.netns, 'ipset', ['-exist', 'restore']);
     let from = 0;
