@@ -108,6 +108,13 @@ export interface ConsumeOptions<T> {
 
 export interface Consumer {
   cancel(): Promise<void>;
+  /**
+   * True when nothing older than this call is left on the way to the handler: the queue holds no ready
+   * message, and every delivery received so far has been handed to a started handler call. Asked twice of
+   * the broker: a delivery the broker dispatched just before its first answer is in this process by the
+   * second. False while disconnected, paused after a transient failure, or cancelled.
+   */
+  caughtUp(): Promise<boolean>;
 }
 
 type BusEvent = 'connected' | 'disconnected';
@@ -544,6 +551,8 @@ export class QueueConsumer<T> implements Consumer {
   private handlerTurn: Promise<void> = Promise.resolve();
   /** Batches parked in handledAsTransient, waiting for the others to settle before requeueing. */
   private parked = 0;
+  /** Batches taken from the buffer whose handler has not been called yet. */
+  private awaitingTurn = 0;
   private settledWaiters: (() => void)[] = [];
   private flushScheduled = false;
   private paused = false;
@@ -698,8 +707,16 @@ export class QueueConsumer<T> implements Consumer {
   private async process(batch: Held[]): Promise<void> {
     // Taken before any await, so in the order batches left the buffer.
     const previous = this.handlerTurn;
-    let started!: () => void;
-    this.handlerTurn = new Promise<void>((resolve) => (started = resolve));
+    let resolveTurn!: () => void;
+    this.handlerTurn = new Promise<void>((resolve) => (resolveTurn = resolve));
+    this.awaitingTurn += 1;
+    let turned = false;
+    const started = () => {
+      if (turned) return;
+      turned = true;
+      this.awaitingTurn -= 1;
+      resolveTurn();
+    };
     try {
       await this.processInTurn(batch, previous, started);
     } finally {
@@ -976,6 +993,22 @@ export class QueueConsumer<T> implements Consumer {
   }
 
   /** Stops deliveries, lets the running batch finish, and closes the channel (unacked ones return to the queue). */
+  async caughtUp(): Promise<boolean> {
+    const quiet = () =>
+      !this.cancelled && !this.paused && this.buffer.length === 0 && this.awaitingTurn === 0;
+    for (let round = 0; round < 2; round++) {
+      const channel = this.channel;
+      if (!channel || !quiet()) return false;
+      try {
+        const { messageCount } = await channel.checkQueue(this.options.queue);
+        if (messageCount !== 0 || this.channel !== channel) return false;
+      } catch {
+        return false; // the channel closed meanwhile: its deliveries come back
+      }
+    }
+    return quiet();
+  }
+
   async cancel(): Promise<void> {
     if (this.cancelled) return;
     this.cancelled = true;

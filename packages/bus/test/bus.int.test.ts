@@ -90,6 +90,36 @@ describe('Bus (RabbitMQ)', () => {
     );
   });
 
+  test('caughtUp: false while messages wait in the queue or for their handler, true once all were handed over', async () => {
+    const queue = await testQueue('caught-up');
+    const release = deferred();
+    const handled: number[] = [];
+    // prefetch 2 and a handler that waits: the third message stays in the queue.
+    const consumer = await bus.consume({
+      queue,
+      schema: Item,
+      prefetch: 2,
+      batchSize: 1,
+      maxRetries: 3,
+      handler: async (deliveries) => {
+        await release.promise;
+        handled.push(...deliveries.map((d) => d.body.n));
+      },
+    });
+    assert.equal(await consumer.caughtUp(), true, 'an empty queue');
+    await bus.publish('', queue, [{ n: 1 }, { n: 2 }, { n: 3 }]);
+    await waitFor(async () => (await withChannel((ch) => ch.checkQueue(queue))).messageCount === 1, {
+      what: 'two of three delivered',
+    });
+    // One handler started, the second delivery waits for its turn, the third is in the queue.
+    assert.equal(await consumer.caughtUp(), false);
+    release.resolve();
+    await waitFor(() => handled.length === 3, { what: 'all three handled' });
+    assert.equal(await consumer.caughtUp(), true);
+    await consumer.cancel();
+    assert.equal(await consumer.caughtUp(), false, 'cancelled');
+  });
+
   test('reports go to the persister queue through the reports exchange', async () => {
     const report = {
       id: '0b8f1d5e-5a52-4d8e-9a0e-1f2a3b4c5d6e',
