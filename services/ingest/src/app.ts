@@ -25,6 +25,17 @@ export interface ReportPublisher {
   publishReports(reports: readonly Report[]): Promise<void>;
 }
 
+/**
+ * A persister in this process (`banbus run all`) that applies reports as they are published, before the
+ * broker delivers them back (the persister's LocalHandoff). The published message stays the report's
+ * durable way in: 202 still waits for the broker's confirm.
+ */
+export interface ReportHandoff {
+  submit(reports: readonly Report[]): void;
+  /** The publish of these reports failed: no broker copy will come. */
+  unpublished(ids: readonly string[]): void;
+}
+
 export interface IngestAppOptions {
   logger: Logger;
   registry: Registry;
@@ -36,6 +47,7 @@ export interface IngestAppOptions {
   maxBatch: number;
   /** Longest wait for the broker's confirm before answering 503 (the Bus has its own timeout too). */
   publishTimeoutMs?: number;
+  handoff?: ReportHandoff;
 }
 
 const JSON_BODY_LIMIT = '2mb';
@@ -90,7 +102,7 @@ function outcomeOf(err: unknown): Outcome {
 }
 
 export function createIngestApp(options: IngestAppOptions): Express {
-  const { logger, registry, bus, auth, allowlist, limiter, policy, maxBatch } = options;
+  const { logger, registry, bus, auth, allowlist, limiter, policy, maxBatch, handoff } = options;
   // Concurrent requests share one packed message and one confirm (group commit).
   const publisher = new CoalescingPublisher(bus, { timeoutMs: options.publishTimeoutMs ?? 10_000 });
 
@@ -188,9 +200,12 @@ export function createIngestApp(options: IngestAppOptions): Express {
   // queueing in memory; a publish that neither confirms nor fails in time is answered 503 as well.
   async function publish(reports: Report[]): Promise<void> {
     if (!bus.connected) throw unavailable('the message broker is not reachable, retry shortly');
+    const published = publisher.publishReports(reports);
+    handoff?.submit(reports);
     try {
-      await publisher.publishReports(reports);
+      await published;
     } catch (err) {
+      handoff?.unpublished(reports.map((r) => r.id));
       logger.warn(
         { err: (err as Error).message, errName: (err as Error).name, reports: reports.length },
         'publish failed',

@@ -6,12 +6,18 @@ import { listen, type Logger, type Registry, type Running } from '@banbus/runtim
 import { policyFromEnv, type IngestEnv } from '@banbus/core';
 import type { Bus } from '@banbus/bus';
 import { AllowlistRepository, CHANNELS, HostRepository, listenChannel } from '@banbus/db';
-import { createIngestApp } from './app.js';
+import { createIngestApp, type ReportHandoff } from './app.js';
 import { TokenAuthenticator } from './auth.js';
 import { AllowlistCache } from './checks.js';
 import { ReportRateLimiter } from './rate.js';
 
-export { createIngestApp, toReport, type IngestAppOptions, type ReportPublisher } from './app.js';
+export {
+  createIngestApp,
+  toReport,
+  type IngestAppOptions,
+  type ReportHandoff,
+  type ReportPublisher,
+} from './app.js';
 export { parseReportBody, parseCompatQuery, type ReportInput } from './parse.js';
 export { mainIngest } from './main.js';
 
@@ -21,6 +27,8 @@ export interface IngestDeps {
   registry: Registry;
   pool: pg.Pool;
   bus: Bus;
+  /** The persister of this process, when there is one (`banbus run all`). */
+  handoff?: ReportHandoff;
 }
 
 export async function startIngest(deps: IngestDeps): Promise<Running & { port: number }> {
@@ -54,6 +62,7 @@ export async function startIngest(deps: IngestDeps): Promise<Running & { port: n
     limiter: new ReportRateLimiter(config.INGEST_RATE_LIMIT, config.INGEST_RATE_BURST),
     policy,
     maxBatch: config.INGEST_MAX_BATCH,
+    handoff: deps.handoff,
   });
   const listening = await listen(app, config.INGEST_PORT, config.BANBUS_LISTEN);
   logger.info({ port: listening.port, host: config.BANBUS_LISTEN }, 'ingest listening');

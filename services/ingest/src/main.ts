@@ -4,11 +4,11 @@ import { IngestEnvSchema, parseEnv } from '@banbus/core';
 import { startWithResources, type Logger, type Registry, type Running } from '@banbus/runtime';
 import { Bus } from '@banbus/bus';
 import { createPool } from '@banbus/db';
-import { startIngest } from './index.js';
+import { startIngest, type ReportHandoff } from './index.js';
 
 export async function mainIngest(
   env: Record<string, string | undefined>,
-  shared: { logger: Logger; registry: Registry },
+  shared: { logger: Logger; registry: Registry; handoff?: ReportHandoff },
 ): Promise<Running & { port: number }> {
   const config = parseEnv(IngestEnvSchema, env);
   const logger = shared.logger.child({ service: 'ingest' });
@@ -26,7 +26,14 @@ export async function mainIngest(
       }),
       (b) => b.close(),
     );
-    const ingest = await startIngest({ config, logger, registry: shared.registry, pool, bus });
+    const ingest = await startIngest({
+      config,
+      logger,
+      registry: shared.registry,
+      pool,
+      bus,
+      handoff: shared.handoff,
+    });
     return { port: ingest.port, stop: () => ingest.stop() };
   });
 }

@@ -23,7 +23,9 @@ import {
 } from '@banbus/runtime';
 import { engineRules } from './engine.js';
 import { DecisionRelay } from './relay.js';
+import { LocalHandoff } from './handoff.js';
 export { mainPersister } from './main.js';
+export { LocalHandoff, type HandoffDeps, type HandoffOutcome, type Sorted } from './handoff.js';
 
 export {
   DecisionEngine,
@@ -51,6 +53,8 @@ export interface PersisterRunning extends Running {
   relay(): Promise<void>;
   /** Runs a sweep now; resolves when it finished. */
   sweep(): Promise<void>;
+  /** Where an ingest in this process hands the reports it publishes (see handoff.ts). */
+  readonly handoff: LocalHandoff;
 }
 
 /** Longest wait before a committed message is acked (see ConsumeOptions.ackDelayMs). */
@@ -144,6 +148,38 @@ function createMetrics(registry: Registry) {
           name: 'banbus_persister_relayed_total',
           help: 'Decision changes handed to the broker, by path (direct = right after this process committed them; round = read back from decision_log)',
           labelNames: ['path'] as const,
+          registers: [registry],
+        }),
+    ),
+    handoff: metric(
+      registry,
+      'banbus_persister_handoff_reports_total',
+      () =>
+        new Counter({
+          name: 'banbus_persister_handoff_reports_total',
+          help: 'Reports handed over by an ingest in this process, by outcome (applied = committed before the broker delivered them; failed, queued = left to their broker copy)',
+          labelNames: ['outcome'] as const,
+          registers: [registry],
+        }),
+    ),
+    handoffCopies: metric(
+      registry,
+      'banbus_persister_handoff_copies_total',
+      () =>
+        new Counter({
+          name: 'banbus_persister_handoff_copies_total',
+          help: 'Broker copies of reports the handoff took, by result (acked = the handoff committed them, no transaction; applied = its transaction failed)',
+          labelNames: ['result'] as const,
+          registers: [registry],
+        }),
+    ),
+    handoffOpen: metric(
+      registry,
+      'banbus_persister_handoff_open',
+      () =>
+        new Gauge({
+          name: 'banbus_persister_handoff_open',
+          help: '1 while reports handed over by an ingest in this process are applied at once (0: left to the queue until it caught up)',
           registers: [registry],
         }),
     ),
@@ -261,29 +297,60 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   // hands over the next batch of messages while earlier ones are still applied (its handlers start in queue
   // order), every chunk joins one FIFO at once and the store grants the lock in call order, so reports
   // still apply in queue order.
+  //
+  // Copies of reports the local handoff committed are acked without a transaction; copies of reports it is
+  // still applying wait for its answer.
   const handler = async (deliveries: Delivery<Report[]>[]): Promise<void> => {
-    const reports = deliveries.flatMap((d) => d.body);
+    const sorted = handoff.sort(deliveries.flatMap((d) => d.body));
     let failed = false;
     const chunks: Promise<void>[] = [];
-    for (let i = 0; i < reports.length; i += config.PERSISTER_BATCH_SIZE) {
-      const chunk = reports.slice(i, i + config.PERSISTER_BATCH_SIZE);
-      chunks.push(
-        pipeline.run(async () => {
-          // After a failed chunk the batch is retried message by message: later chunks need not run now.
-          if (failed) return;
-          try {
-            await applyChunk(chunk);
-          } catch (err) {
-            failed = true;
-            throw err;
-          }
-        }),
-      );
+    const queue = (reports: Report[]) => {
+      for (let i = 0; i < reports.length; i += config.PERSISTER_BATCH_SIZE) {
+        const chunk = reports.slice(i, i + config.PERSISTER_BATCH_SIZE);
+        chunks.push(
+          pipeline.run(async () => {
+            // After a failed chunk the batch is retried message by message: later chunks need not run now.
+            if (failed) return;
+            try {
+              await applyChunk(chunk);
+            } catch (err) {
+              failed = true;
+              throw err;
+            }
+          }),
+        );
+      }
+    };
+    let late = 0;
+    try {
+      queue(sorted.apply);
+      if (sorted.later) {
+        const reports = await sorted.later;
+        late = reports.length;
+        queue(reports);
+      }
+    } finally {
+      sorted.done();
     }
+    if (sorted.copies > late) metrics.handoffCopies.inc({ result: 'acked' }, sorted.copies - late);
+    if (late > 0) metrics.handoffCopies.inc({ result: 'applied' }, late);
     const results = await Promise.allSettled(chunks);
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failure) throw failure.reason;
   };
+
+  // Set once the consumer started: until then the handoff stays closed.
+  let consumer: Consumer | undefined = undefined;
+  // One transaction at a time, through the same pipeline as the queue's batches (so the two keep their
+  // order at the decision lock); what is handed over meanwhile forms the next one.
+  const handoff = new LocalHandoff({
+    apply: (reports) => pipeline.run(() => applyChunk(reports)),
+    caughtUp: async () => consumer !== undefined && !stopped && (await consumer.caughtUp()),
+    logger,
+    batchSize: config.PERSISTER_BATCH_SIZE,
+    counted: (outcome, n) => metrics.handoff.inc({ outcome }, n),
+    opened: (open) => metrics.handoffOpen.set(open ? 1 : 0),
+  });
 
   // Lift before consuming: an allowlist entry added while no persister ran must not wait for a timer.
   await lifter.trigger();
@@ -345,7 +412,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   bus.on('connected', onConnected);
   bus.on('disconnected', onDisconnected);
 
-  const consumer: Consumer = await bus.consume<Report[]>({
+  const reportsConsumer = await bus.consume<Report[]>({
     queue: bus.topology.persisterQueue,
     schema: ReportMessageSchema,
     // In messages: single reports (fail2ban's one-at-a-time path) still fill a whole transaction; packed
@@ -387,6 +454,8 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     }, LIFT_INTERVAL_MS),
   ];
   for (const t of timers) t.unref();
+  consumer = reportsConsumer;
+  handoff.start();
   void sweeper.trigger();
   void refreshGauges(true);
   started = true;
@@ -400,14 +469,19 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
     ready: () => started && !stopped && bus.connected,
     relay: () => relay.round(),
     sweep: () => sweeper.trigger(),
+    handoff,
     async stop() {
       if (stopped) return;
       stopped = true;
       for (const t of timers) clearInterval(t);
       bus.off('connected', onConnected);
       bus.off('disconnected', onDisconnected);
+      // What was handed over and not yet applied is left to its broker copy.
+      await handoff.stop();
       // Cancelling lets the in-flight batch finish (and commit) before it resolves.
-      await consumer.cancel().catch((err: unknown) => logger.warn({ err }, 'cancelling the consumer failed'));
+      await reportsConsumer
+        .cancel()
+        .catch((err: unknown) => logger.warn({ err }, 'cancelling the consumer failed'));
       await Promise.all([sweeper.idle(), lifter.idle()]);
       // Whatever the last batches logged goes out now rather than at the next start, and the cursor says so;
       // then the lease goes with the LISTEN connection.

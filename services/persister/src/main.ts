@@ -13,12 +13,12 @@ import {
   type Registry,
   type Running,
 } from '@banbus/runtime';
-import { startPersister } from './index.js';
+import { startPersister, type LocalHandoff } from './index.js';
 
 export async function mainPersister(
   env: Record<string, string | undefined>,
   shared: { logger: Logger; registry: Registry; serveHttp: boolean },
-): Promise<Running & { ready(): boolean }> {
+): Promise<Running & { ready(): boolean; handoff: LocalHandoff }> {
   const config = parseEnv(PersisterEnvSchema, env);
   const { registry } = shared;
   const logger = shared.logger.child({ service: 'persister' });
@@ -49,6 +49,7 @@ export async function mainPersister(
     const connected = bus;
     return {
       ready: () => persister.ready(),
+      handoff: persister.handoff,
       async stop() {
         await http?.close();
         await persister.stop();

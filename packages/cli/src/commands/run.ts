@@ -96,10 +96,13 @@ export async function runService(name: ServiceName, env: CliIo['env']): Promise<
   // next, so its snapshot starts from the decisions already there.
   const started: (Running & { port?: number })[] = [];
   try {
-    started.push(await mainPersister(env, { logger, registry, serveHttp: false }));
+    const persister = await mainPersister(env, { logger, registry, serveHttp: false });
+    started.push(persister);
     const aggregator = await mainAggregator(env, { logger, registry });
     started.push(aggregator);
-    const ingest = await mainIngest(env, { logger, registry });
+    // Reports ingest publishes are applied by this persister at once, not after the broker delivered
+    // them back (services/persister/src/handoff.ts).
+    const ingest = await mainIngest(env, { logger, registry, handoff: persister.handoff });
     started.push(ingest);
     const consoleService = await mainConsole(env, { logger, registry });
     started.push(consoleService);
