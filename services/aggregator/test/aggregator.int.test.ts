@@ -323,6 +323,28 @@ describe('aggregator', () => {
     assert.deepEqual(served, await expected());
   });
 
+  test('after a lost broker connection, changes its queue no longer holds are read from the log at once', async () => {
+    // As after a broker restart: the queue is classic and decision messages transient, so what it held is
+    // gone, and no later change comes to show the gap.
+    await agg.follower.unfollow();
+    const missed = await world.publish([report({ target: freshTarget() })]);
+    const conn = await connect(world.amqpUrl);
+    const ch = await conn.createChannel();
+    await ch.purgeQueue(`${world.namespace}.aggregator`);
+    await conn.close();
+    await agg.follower.follow();
+    const reconnected = new Promise<void>((resolve) => agg.bus.once('connected', resolve));
+    const model = agg.bus.currentModel() as unknown as {
+      connection: { stream: { destroy(err: Error): void } };
+    };
+    model.connection.stream.destroy(new Error('connection reset (test)'));
+    await reconnected;
+    // Well before the periodic check (every 10 s).
+    await waitFor(() => agg.follower.state.seq >= missed.seq, { timeoutMs: 5000, what: 'the catch-up' });
+    await agg.waitForSeq(missed.seq);
+    assert.deepEqual(entriesOf(await list('?family=all')), await expected());
+  });
+
   test('a delta older than the retained log answers 410', async () => {
     const added = await world.publish([report({ target: freshTarget() })]);
     await world.pool.query('DELETE FROM decision_log WHERE seq < $1', [added.seq - 1]);
@@ -332,5 +354,41 @@ describe('aggregator', () => {
     assert.equal((await get(`/v1/decisions?since=${added.seq - 2}`)).status, 200);
     assert.equal((await get(`/v1/decisions?since=${added.seq}`)).status, 200);
     assert.equal((await get(`/v1/decisions?since=${added.seq + 1000}`)).status, 410);
+  });
+});
+
+describe('aggregator queue of an earlier build', () => {
+  let world: World;
+  before(async () => {
+    world = await createWorld();
+  });
+  after(async () => {
+    await world?.close();
+  });
+
+  test('a quorum <ns>.aggregator is replaced by a classic one, and the stream is followed', async () => {
+    const queue = `${world.namespace}.aggregator`;
+    const conn = await connect(world.amqpUrl);
+    try {
+      const ch = await conn.createChannel();
+      await ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+      await ch.bindQueue(queue, `${world.namespace}.decisions`, '');
+      const held = await world.publish([report({ target: freshTarget() })]);
+      const agg = await world.startAggregator();
+      await agg.follower.whenLoaded();
+      const added = await world.publish([report({ target: freshTarget() })]);
+      await agg.waitForSeq(added.seq);
+      assert.ok(agg.follower.state.seq >= held.seq);
+      // Classic now: declaring it quorum is refused.
+      const probe = await conn.createChannel();
+      probe.on('error', () => undefined);
+      await assert.rejects(
+        probe.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } }),
+        (err: { code?: number }) => err.code === 406,
+      );
+      await agg.stop();
+    } finally {
+      await conn.close();
+    }
   });
 });
