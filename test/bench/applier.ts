@@ -38,6 +38,8 @@ const RUNS = Number(process.env.BENCH_APPLIER_RUNS ?? 3);
 const HOSTS = Number(process.env.BENCH_APPLIER_HOSTS ?? 20);
 const RATE = Number(process.env.BENCH_APPLIER_RATE ?? 500);
 const SECONDS = Number(process.env.BENCH_APPLIER_SECONDS ?? 10);
+/** Measured windows of SECONDS each, one after the other on the same processes; the row is their median. */
+const TRIALS = Number(process.env.BENCH_APPLIER_TRIALS ?? 3);
 const logger = createLogger({ level: 'warn' });
 const silent = createLogger({ level: 'silent' });
 
@@ -308,27 +310,49 @@ async function benchLatency(): Promise<BenchRow[]> {
       return sent;
     };
     await drive(2, false); // warm-up
-    const measured = await drive(SECONDS, true);
-    await waitFor(() => latencies.length >= measured * HOSTS, {
-      timeoutMs: 30_000,
-      what: `${measured * HOSTS} applied reports`,
-    }).catch(() => undefined);
-    const sorted = [...latencies].sort((a, b) => a - b);
-    const stream = [...onStream].sort((a, b) => a - b);
-    const complete = latencies.length === measured * HOSTS;
-    const what = `report → applied on ${HOSTS} dry-run appliers at ${RATE} reports/s (${latencies.length.toLocaleString('en-US')} of ${(measured * HOSTS).toLocaleString('en-US')} applied)`;
+    // The machine's speed drifts from minute to minute (its IPC cost doubled within an hour once): several
+    // windows, each a p50 and p99 of its own, and their median.
+    const trials: { p50: number; p99: number; s50: number; s99: number }[] = [];
+    let applied = 0;
+    let expected = 0;
+    for (let trial = 0; trial < TRIALS; trial++) {
+      latencies.length = 0;
+      onStream.length = 0;
+      posted.clear();
+      const measured = await drive(SECONDS, true);
+      await waitFor(() => latencies.length >= measured * HOSTS, {
+        timeoutMs: 30_000,
+        what: `${measured * HOSTS} applied reports`,
+      }).catch(() => undefined);
+      applied += latencies.length;
+      expected += measured * HOSTS;
+      const sorted = [...latencies].sort((a, b) => a - b);
+      const stream = [...onStream].sort((a, b) => a - b);
+      trials.push({
+        p50: percentile(sorted, 50),
+        p99: percentile(sorted, 99),
+        s50: percentile(stream, 50),
+        s99: percentile(stream, 99),
+      });
+    }
+    const complete = applied === expected;
+    const what = `report → applied on ${HOSTS} dry-run appliers at ${RATE} reports/s, median of ${TRIALS} × ${SECONDS} s (${applied.toLocaleString('en-US')} of ${expected.toLocaleString('en-US')} applied)`;
     return ([50, 99] as const).map((p) => {
-      const value = percentile(sorted, p);
+      const runs = trials.map((t) => (p === 50 ? t.p50 : t.p99));
+      const value = median(runs);
       const limit = p === 50 ? 10 : 50;
       return {
         part: 'applier',
         measure: `${what}, p${p}`,
         value,
         unit: 'ms',
-        reference: { name: 'report → change on the stream', value: percentile(stream, p) },
+        reference: {
+          name: 'report → change on the stream',
+          value: median(trials.map((t) => (p === 50 ? t.s50 : t.s99))),
+        },
         target: `≤ ${limit} ms`,
         pass: complete && value <= limit,
-        runs: [value],
+        runs,
       };
     });
   } finally {
