@@ -3,7 +3,7 @@ import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLogger, createRegistry, listen, type Listening } from '@banbus/runtime';
 import { policyFromEnv, PolicyEnvSchema, parseEnv, type Report } from '@banbus/core';
-import { createIngestApp, type ReportPublisher } from '../src/app.js';
+import { createIngestApp, type ReportHandoff, type ReportPublisher } from '../src/app.js';
 import { TokenAuthenticator, type AuthHost } from '../src/auth.js';
 import { AllowlistCache } from '../src/checks.js';
 import { ReportRateLimiter } from '../src/rate.js';
@@ -23,6 +23,18 @@ class FakeBus implements ReportPublisher {
   }
 }
 
+/** The persister of the same process (`banbus run all`), as ingest sees it. */
+class FakeHandoff implements ReportHandoff {
+  submitted: string[] = [];
+  unpublishedIds: string[] = [];
+  submit(reports: readonly Report[]): void {
+    this.submitted.push(...reports.map((r) => r.id));
+  }
+  unpublished(ids: readonly string[]): void {
+    this.unpublishedIds.push(...ids);
+  }
+}
+
 const servers: Listening[] = [];
 after(async () => {
   for (const s of servers) await s.close();
@@ -30,6 +42,7 @@ after(async () => {
 
 async function start(options: { dbDown?: boolean; allowlistDown?: boolean } = {}) {
   const bus = new FakeBus();
+  const handoff = new FakeHandoff();
   const hosts = {
     down: options.dbDown ?? false,
     async findByToken(token: string): Promise<AuthHost | null> {
@@ -61,6 +74,7 @@ async function start(options: { dbDown?: boolean; allowlistDown?: boolean } = {}
     policy,
     maxBatch: 10,
     publishTimeoutMs: 200,
+    handoff,
   });
   const server = await listen(app, 0, '127.0.0.1');
   servers.push(server);
@@ -73,7 +87,7 @@ async function start(options: { dbDown?: boolean; allowlistDown?: boolean } = {}
   const metrics = async () => registry.metrics();
   after(() => allowlist.stop());
   after(() => auth.stop());
-  return { bus, hosts, post, server, metrics };
+  return { bus, hosts, post, server, metrics, handoff };
 }
 
 describe('ingest app', () => {
@@ -86,6 +100,25 @@ describe('ingest app', () => {
       bus.published.map((r) => [r.id, r.host]),
       [[body.ids[0], 'web1']],
     );
+  });
+
+  test('accepted reports are handed to the persister of the process as they are published', async () => {
+    const { post, handoff } = await start();
+    const res = await post([{ ip: '192.0.2.1' }, { ip: '192.0.2.2', action: 'unban' }]);
+    assert.equal(res.status, 202);
+    assert.deepEqual(handoff.submitted, ((await res.json()) as { ids: string[] }).ids);
+    assert.deepEqual(handoff.unpublishedIds, []);
+    // Refused reports are not handed over.
+    assert.equal((await post({ ip: '203.0.113.7' })).status, 422);
+    assert.equal(handoff.submitted.length, 2);
+  });
+
+  test('a failed publish tells the handoff that no broker copy will come', async () => {
+    const { bus, post, handoff } = await start();
+    bus.behaviour = 'reject';
+    assert.equal((await post({ ip: '192.0.2.3' })).status, 503);
+    assert.equal(handoff.submitted.length, 1);
+    assert.deepEqual(handoff.unpublishedIds, handoff.submitted);
   });
 
   for (const [what, setup] of [
