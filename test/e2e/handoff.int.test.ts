@@ -5,7 +5,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
-import { runCli, runService, type RunningService } from '@banbus/cli';
+import { runCli, type RunningService } from '@banbus/cli';
 import { Bus } from '@banbus/bus';
 import { createLogger, createRegistry } from '@banbus/runtime';
 import type { Report } from '@banbus/core';
@@ -17,7 +17,7 @@ import {
   waitFor,
   type TestDatabase,
 } from '../harness/index.js';
-import { freePort } from '../bench/lib.js';
+import { runAll } from './run-all.js';
 
 describe('local handoff (banbus run all)', () => {
   let db: TestDatabase;
@@ -36,15 +36,7 @@ describe('local handoff (banbus run all)', () => {
   });
 
   async function start(): Promise<void> {
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    running = await runService('all', {
-      ...env(),
-      INGEST_PORT: String(port),
-      AGGREGATOR_PORT: '0',
-      CONSOLE_PORT: '0',
-      BANBUS_LISTEN: '127.0.0.1',
-    });
+    ({ running, base } = await runAll(env()));
   }
 
   const post = (body: unknown) =>

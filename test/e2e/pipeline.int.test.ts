@@ -3,7 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { runCli, runService, type RunningService } from '@banbus/cli';
+import { runCli, type RunningService } from '@banbus/cli';
 import {
   DecisionListener,
   amqpTestUrl,
@@ -12,7 +12,7 @@ import {
   testNamespace,
   waitFor,
 } from '../harness/index.js';
-import { freePort } from '../bench/lib.js';
+import { runAll } from './run-all.js';
 
 describe('banbus run all', () => {
   let db: Awaited<ReturnType<typeof createTestDatabase>>;
@@ -55,16 +55,7 @@ describe('banbus run all', () => {
     db = await createTestDatabase({ migrate: false });
     amqpUrl = await amqpTestUrl();
     namespace = testNamespace();
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    running = await runService('all', {
-      ...env(),
-      INGEST_PORT: String(port),
-      AGGREGATOR_PORT: '0',
-      CONSOLE_PORT: '0',
-      BANBUS_LISTEN: '127.0.0.1',
-      PERSISTER_SWEEP_INTERVAL: '1',
-    });
+    ({ running, base } = await runAll(env(), { PERSISTER_SWEEP_INTERVAL: '1' }));
     listener = await DecisionListener.start(amqpUrl, namespace);
     client = new pg.Client({ connectionString: db.url });
     await client.connect();

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import amqp from 'amqplib';
-import { runCli, runService, type RunningService } from '@banbus/cli';
+import { runCli, type RunningService } from '@banbus/cli';
 import { topology } from '@banbus/bus';
 import {
   DecisionListener,
@@ -16,7 +16,7 @@ import {
   testNamespace,
   waitFor,
 } from '../harness/index.js';
-import { freePort } from '../bench/lib.js';
+import { runAll } from './run-all.js';
 
 const cluster = readdirSync('/etc/postgresql')[0]!;
 const pgctl = (action: 'start' | 'stop') =>
@@ -42,15 +42,7 @@ describe('PostgreSQL restart', () => {
     amqpUrl = await amqpTestUrl();
     namespace = testNamespace();
     const env = { DATABASE_URL: db.url, AMQP_URL: amqpUrl, BANBUS_NAMESPACE: namespace, LOG_LEVEL: 'silent' };
-    const port = await freePort();
-    base = `http://127.0.0.1:${port}`;
-    running = await runService('all', {
-      ...env,
-      INGEST_PORT: String(port),
-      AGGREGATOR_PORT: '0',
-      CONSOLE_PORT: '0',
-      BANBUS_LISTEN: '127.0.0.1',
-    });
+    ({ running, base } = await runAll(env));
     listener = await DecisionListener.start(amqpUrl, namespace);
     await runCli(['hosts', 'add', 'web1'], { env, out: (t) => void (token += t), err: () => undefined });
     token = token.trim();
