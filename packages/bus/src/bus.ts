@@ -992,7 +992,6 @@ export class QueueConsumer<T> implements Consumer {
     }
   }
 
-  /** Stops deliveries, lets the running batch finish, and closes the channel (unacked ones return to the queue). */
   async caughtUp(): Promise<boolean> {
     const quiet = () =>
       !this.cancelled && !this.paused && this.buffer.length === 0 && this.awaitingTurn === 0;
@@ -1009,6 +1008,7 @@ export class QueueConsumer<T> implements Consumer {
     return quiet();
   }
 
+  /** Stops deliveries, lets the running batch finish, and closes the channel (unacked ones return to the queue). */
   async cancel(): Promise<void> {
     if (this.cancelled) return;
     this.cancelled = true;

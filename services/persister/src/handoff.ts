@@ -67,11 +67,12 @@ export interface Sorted {
   /** Reports the handoff never had or left to the queue: apply them now, in this order. */
   apply: Report[];
   /**
-   * Copies of reports whose handoff transaction is still running: resolves to those of them that must be
-   * applied after all (the transaction failed). Null when there are none. Call `done` once they were handed
-   * to the pipeline.
+   * The rest of the batch from the first copy whose handoff transaction is still running: resolves, once
+   * the handoff answered, to the reports of it that must be applied, in queue order (the others, and the
+   * copies whose transaction failed: `failed` of them). Null when no copy waits for an answer. Call `done`
+   * once they were handed to the pipeline.
    */
-  later: Promise<Report[]> | null;
+  later: Promise<{ apply: Report[]; failed: number }> | null;
   done(): void;
   /** How many of the batch were reports the handoff committed or is applying (broker copies). */
   copies: number;
@@ -154,35 +155,39 @@ export class LocalHandoff {
 
   /**
    * Sorts a batch of delivered reports (the broker's copies among them) for the queue path. Synchronous for
-   * `apply`, so the caller hands those to the pipeline in queue order before anything else runs.
+   * `apply`, so the caller hands those to the pipeline in queue order before anything else runs. Queue order
+   * is kept: from the first copy whose handoff transaction is still running, the rest of the batch waits in
+   * `later` with it (were that transaction to fail, its reports must still apply before what came after).
    */
   sort(reports: readonly Report[]): Sorted {
     if (this.tracked.size === 0)
       return { apply: [...reports], later: null, done: () => undefined, copies: 0 };
     const apply: Report[] = [];
-    const inFlight: { report: Report; settled: Promise<boolean> }[] = [];
+    /** From the first copy still applying on: each report, with the handoff's answer where it has one. */
+    const rest: { report: Report; settled?: Promise<boolean> }[] = [];
     let copies = 0;
     for (const report of reports) {
       const entry = this.tracked.get(report.id);
-      if (!entry) {
+      if (entry) this.untrack(report.id, entry);
+      if (entry?.state === 'applying') {
+        copies += 1;
+        rest.push({ report, settled: entry.settled! });
+      } else if (entry?.state === 'applied') {
+        copies += 1;
+      } else if (rest.length > 0) {
+        rest.push({ report });
+      } else {
         apply.push(report);
-        continue;
       }
-      this.untrack(report.id, entry);
-      if (entry.state === 'queued') {
-        apply.push(report);
-        continue;
-      }
-      copies += 1;
-      if (entry.state === 'applying') inFlight.push({ report, settled: entry.settled! });
     }
     if (this.queued === 0 && !this.isOpen) this.scheduleOpen(0);
-    if (inFlight.length === 0) return { apply, later: null, done: () => undefined, copies };
+    if (rest.length === 0) return { apply, later: null, done: () => undefined, copies };
     this.sorting += 1;
     let finished = false;
-    const later = Promise.all(inFlight.map((f) => f.settled)).then((committed) =>
-      inFlight.filter((_, i) => !committed[i]).map((f) => f.report),
-    );
+    const later = Promise.all(rest.map((r) => r.settled ?? false)).then((committed) => ({
+      apply: rest.filter((_, i) => !committed[i]).map((r) => r.report),
+      failed: rest.filter((r, i) => r.settled !== undefined && !committed[i]).length,
+    }));
     return {
       apply,
       later,

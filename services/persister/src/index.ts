@@ -299,7 +299,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   // still apply in queue order.
   //
   // Copies of reports the local handoff committed are acked without a transaction; copies of reports it is
-  // still applying wait for its answer.
+  // still applying wait for its answer, and so does the rest of the batch behind them (queue order).
   const handler = async (deliveries: Delivery<Report[]>[]): Promise<void> => {
     const sorted = handoff.sort(deliveries.flatMap((d) => d.body));
     let failed = false;
@@ -321,19 +321,20 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
         );
       }
     };
-    let late = 0;
+    let failedCopies = 0;
     try {
       queue(sorted.apply);
       if (sorted.later) {
-        const reports = await sorted.later;
-        late = reports.length;
-        queue(reports);
+        const later = await sorted.later;
+        failedCopies = later.failed;
+        queue(later.apply);
       }
     } finally {
       sorted.done();
     }
-    if (sorted.copies > late) metrics.handoffCopies.inc({ result: 'acked' }, sorted.copies - late);
-    if (late > 0) metrics.handoffCopies.inc({ result: 'applied' }, late);
+    if (sorted.copies > failedCopies)
+      metrics.handoffCopies.inc({ result: 'acked' }, sorted.copies - failedCopies);
+    if (failedCopies > 0) metrics.handoffCopies.inc({ result: 'applied' }, failedCopies);
     const results = await Promise.allSettled(chunks);
     const failure = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failure) throw failure.reason;

@@ -129,11 +129,11 @@ test("copies of committed reports need no transaction; a copy that arrives early
   const running = report('192.0.2.2');
   w.handoff.submit([running]);
   const foreign = report('198.51.100.7'); // published by another ingest
-  const sorted = w.handoff.sort([done, running, foreign]);
+  const sorted = w.handoff.sort([done, foreign, running]);
   assert.deepEqual(sorted.apply, [foreign]);
   assert.ok(sorted.later);
   await w.commitNext();
-  assert.deepEqual(await sorted.later, []);
+  assert.deepEqual(await sorted.later, { apply: [], failed: 0 });
   sorted.done();
   await w.handoff.stop();
 });
@@ -150,7 +150,7 @@ test('a failed transaction leaves its reports to their copies and closes until t
   await w.failNext();
   assert.equal(w.handoff.open, false);
   // The early copy learns that it must be applied after all.
-  assert.deepEqual(await copyBeforeAnswer.later, [ban]);
+  assert.deepEqual(await copyBeforeAnswer.later, { apply: [ban], failed: 1 });
   // Handed over while closed (an unban of the same address): left to the queue, behind the ban.
   const unban = report('192.0.2.9', 'unban');
   w.handoff.submit([unban]);
@@ -163,6 +163,28 @@ test('a failed transaction leaves its reports to their copies and closes until t
   copyBeforeAnswer.done();
   assert.deepEqual(w.handoff.sort([waiting, unban]).apply, [waiting, unban]);
   await waitFor(() => w.handoff.open, { timeoutMs: 2000, what: 'the handoff to open again' });
+  await w.handoff.stop();
+});
+
+test('queue order is kept: what follows a copy whose transaction is running waits for its answer', async () => {
+  // Closed while a transaction runs (too many tracked): the unban after the running ban is left to the
+  // queue. If the ban's transaction fails, its copy must still apply before the unban.
+  const w = new World({ maxTracked: 2 });
+  await w.opened();
+  w.hold = true;
+  const ban = report('192.0.2.15', 'ban');
+  w.handoff.submit([ban]);
+  await waitFor(() => w.held.length === 1, { timeoutMs: 2000, what: 'a transaction' });
+  const unban = report('192.0.2.15', 'unban');
+  const other = report('192.0.2.16');
+  w.handoff.submit([unban, other]);
+  assert.equal(w.handoff.open, false);
+  const sorted = w.handoff.sort([ban, unban, other]);
+  assert.deepEqual(sorted.apply, []);
+  assert.ok(sorted.later);
+  await w.failNext();
+  assert.deepEqual(await sorted.later, { apply: [ban, unban, other], failed: 1 });
+  sorted.done();
   await w.handoff.stop();
 });
 
