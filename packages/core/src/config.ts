@@ -124,5 +124,10 @@ export const AggregatorEnvSchema = CommonEnvSchema.extend({
     .pipe(z.array(TargetSchema)),
   /** How long a token lookup stays cached (seconds). */
   AGGREGATOR_TOKEN_CACHE_TTL: DurationSeconds.default(30),
+  /**
+   * Most messages `<ns>.aggregator` holds while no aggregator reads it; the oldest go first, and the
+   * aggregator reads what it missed from decision_log.
+   */
+  AGGREGATOR_QUEUE_MAX_LENGTH: z.coerce.number().int().min(100).max(100_000_000).default(100_000),
 });
 export type AggregatorEnv = z.infer<typeof AggregatorEnvSchema>;

@@ -14,6 +14,7 @@ test('defaults apply when the environment is empty; empty strings count as unset
   assert.equal(ingest.BANBUS_NAMESPACE, 'banbus');
   assert.equal(ingest.BANBUS_DEFAULT_BANTIME, -1);
   assert.equal(parseEnv(AggregatorEnvSchema, {}).AGGREGATOR_PORT, 8081);
+  assert.equal(parseEnv(AggregatorEnvSchema, {}).AGGREGATOR_QUEUE_MAX_LENGTH, 100_000);
 });
 
 test('durations take units', () => {
@@ -43,6 +44,10 @@ test('a bad value is a ConfigError naming the variable', () => {
     () => parseEnv(AggregatorEnvSchema, { AGGREGATOR_ANONYMOUS: '10.0.0.0/8, 192.0.2.1/24' }),
     (err: unknown) =>
       err instanceof ConfigError && err.variable === 'AGGREGATOR_ANONYMOUS' && /host bits/.test(err.message),
+  );
+  assert.throws(
+    () => parseEnv(AggregatorEnvSchema, { AGGREGATOR_QUEUE_MAX_LENGTH: '10' }),
+    (err: unknown) => err instanceof ConfigError && err.variable === 'AGGREGATOR_QUEUE_MAX_LENGTH',
   );
 });
 

@@ -17,6 +17,8 @@ export interface FollowerOptions {
   onChange: () => void;
   /** How often PostgreSQL is asked whether seqs were missed without a message saying so (ms). */
   checkIntervalMs?: number;
+  /** Most messages the queue holds while nobody reads it (x-max-length, oldest dropped). Default 100,000. */
+  queueMaxLength?: number;
 }
 
 const RETRY_MIN_MS = 500;
@@ -74,7 +76,13 @@ export class DecisionFollower {
     this.consumer = await bus.consume<DecisionChange[]>({
       queue: t.aggregatorQueue,
       declare: async (channel) => {
-        await declareAggregatorQueue(bus, channel, t, this.options.logger);
+        await declareAggregatorQueue(
+          bus,
+          channel,
+          t,
+          this.options.queueMaxLength ?? 100_000,
+          this.options.logger,
+        );
         await channel.bindQueue(t.aggregatorQueue, t.decisionsExchange, '');
       },
       schema: DecisionMessageSchema,
@@ -211,7 +219,7 @@ export class DecisionFollower {
   }
 }
 
-/** A broker's answer that a queue exists with other arguments (here: the quorum queue of earlier versions). */
+/** A broker's answer that a queue exists with other arguments. */
 function isPreconditionFailed(err: unknown): boolean {
   return (err as { code?: unknown }).code === 406;
 }
@@ -220,17 +228,26 @@ function isPreconditionFailed(err: unknown): boolean {
  * `<ns>.aggregator` is a classic durable queue. Decision messages are transient and decision_log is their
  * record: the aggregator fills any gap from it (and asks on every reconnect), so a durable copy in a quorum
  * queue bought nothing but the broker's work: a log write, an fsync and a Raft round per change (3–8 points
- * of RabbitMQ's 40–55% CPU at 500 reports/s in side-by-side runs). Earlier builds declared it quorum; a declare with other
- * arguments fails (406) and closes the channel, so the type is tried on a channel of its own first, and an
- * old quorum queue is deleted (the aggregator alone reads it; what it held is read from the log again).
+ * of RabbitMQ's 40–55% CPU at 500 reports/s in side-by-side runs). For the same reason it is bounded
+ * (`x-max-length`, oldest dropped): an aggregator that stays down cannot fill the broker's memory and
+ * disk, whose alarms would block every publisher, ingest among them.
+ *
+ * A declare with other arguments than the queue has fails (406) and closes the channel: the quorum queue of
+ * earlier builds, or another AGGREGATOR_QUEUE_MAX_LENGTH. So the queue is asserted on a channel of its own
+ * first, and one with other arguments is deleted and declared anew (the aggregator alone reads it; what it
+ * held is read from the log again).
  */
 async function declareAggregatorQueue(
   bus: Bus,
   channel: Channel,
   t: Topology,
+  maxLength: number,
   logger: Logger,
 ): Promise<void> {
-  const args = { durable: true, arguments: { 'x-queue-type': 'classic' } };
+  const args = {
+    durable: true,
+    arguments: { 'x-queue-type': 'classic', 'x-max-length': maxLength, 'x-overflow': 'drop-head' },
+  };
   const model = bus.currentModel();
   if (model) {
     const probe = await model.createChannel();
@@ -246,8 +263,8 @@ async function declareAggregatorQueue(
         await replace.close().catch(() => undefined);
       }
       logger.info(
-        { queue: t.aggregatorQueue },
-        'replaced the quorum aggregator queue of an earlier version by a classic one',
+        { queue: t.aggregatorQueue, maxLength },
+        'replaced the aggregator queue declared with other arguments (an earlier version, or another AGGREGATOR_QUEUE_MAX_LENGTH)',
       );
     } finally {
       await probe.close().catch(() => undefined);

@@ -111,6 +111,7 @@ export async function startAggregator(deps: AggregatorDeps): Promise<AggregatorR
     pool,
     bus,
     logger,
+    queueMaxLength: config.AGGREGATOR_QUEUE_MAX_LENGTH,
     onChange: () => {
       // The first build after the snapshot goes out at once: until then there is nothing to serve.
       builder.schedule(firstBuild);

@@ -357,7 +357,7 @@ describe('aggregator', () => {
   });
 });
 
-describe('aggregator queue of an earlier build', () => {
+describe('the aggregator queue', () => {
   let world: World;
   before(async () => {
     world = await createWorld();
@@ -390,5 +390,47 @@ describe('aggregator queue of an earlier build', () => {
     } finally {
       await conn.close();
     }
+  });
+
+  test('bounded while nobody reads it: the oldest messages go, and what they held is read from the log', async () => {
+    const queue = `${world.namespace}.aggregator`;
+    const first = await world.publish([report({ target: freshTarget() })]);
+    const agg = await world.startAggregator({ AGGREGATOR_QUEUE_MAX_LENGTH: 100 });
+    await agg.follower.whenLoaded();
+    assert.ok(agg.follower.state.seq >= first.seq);
+    await agg.follower.unfollow();
+    const missed: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const target = freshTarget();
+      missed.push(target);
+      await world.publish([report({ target })]);
+    }
+    // Then more messages than the bound, each a change the aggregator already holds: the queue keeps the
+    // newest 100, so the changes above are dropped from it.
+    const conn = await connect(world.amqpUrl);
+    try {
+      const ch = await conn.createConfirmChannel();
+      const stale = Buffer.from(JSON.stringify({ seq: first.seq, op: 'add', target: '192.0.2.200' }));
+      for (let i = 0; i < 150; i++) ch.sendToQueue(queue, stale);
+      await ch.waitForConfirms();
+      assert.equal((await ch.checkQueue(queue)).messageCount, 100);
+    } finally {
+      await conn.close();
+    }
+    const fillsBefore = agg.follower.gapFills;
+    await agg.follower.follow();
+    const next = await world.publish([report({ target: freshTarget() })]);
+    await agg.waitForSeq(next.seq);
+    assert.ok(agg.follower.gapFills > fillsBefore);
+    const served = entriesOf(
+      await (
+        await fetch(`${agg.url}/v1/blocklist.txt?family=all`, {
+          headers: { authorization: `Bearer ${world.tokens.read}` },
+        })
+      ).text(),
+    );
+    for (const t of missed) assert.ok(served.includes(t), t);
+    assert.ok(!served.includes('192.0.2.200'));
+    await agg.stop();
   });
 });
