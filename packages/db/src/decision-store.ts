@@ -192,11 +192,14 @@ const DECISION_TX_STATEMENTS = DECISION_TX_START.split(';').length;
  * The decision lock (see the top of this file), sent with DECISION_TX_START: one round trip for both. It
  * reads the database clock under the lock as epoch milliseconds (what the Date the engine works with
  * holds) and keeps that value in the transaction's `banbus.now` setting, so that a statement sent in the
- * same round trip can use the same instant (LOCK_NOW).
+ * same round trip can use the same instant (LOCK_NOW). `version` is the xmin of decision_seq's row: every
+ * transaction that writes decision state also updates that row (buildWrite), so the version changes with
+ * each such commit, and state read earlier is still current while the version is the one it was read at
+ * (see the preload in applyReports).
  */
 const DECISION_LOCK =
-  "SELECT last, set_config('banbus.now', trunc(extract(epoch FROM clock_timestamp()) * 1000)::int8::text, true) AS now " +
-  'FROM decision_seq WHERE id = 1 FOR UPDATE';
+  "SELECT last, set_config('banbus.now', trunc(extract(epoch FROM clock_timestamp()) * 1000)::int8::text, true) AS now, " +
+  'xmin::text AS version FROM decision_seq WHERE id = 1 FOR UPDATE';
 /** The `now` of DECISION_LOCK, as a timestamptz expression. */
 const LOCK_NOW = "('epoch'::timestamptz + current_setting('banbus.now')::int8 * interval '1 millisecond')";
 
@@ -257,12 +260,21 @@ async function inTransaction<T, B = unknown>(
   }
 }
 
+/** DECISION_LOCK's row. */
+interface LockRow {
+  last: string;
+  now: string;
+  version: string;
+}
+
 /** What a decision transaction learns when it gets the lock. */
 interface Locked {
   /** The database clock, read under the lock. */
   now: Date;
   /** The last seq given so far: this transaction's changes get the ones after it. */
   lastSeq: number;
+  /** decision_seq's row version when the lock was granted (see DECISION_LOCK). */
+  version: string;
   /** The rows of `then`, when one was sent. */
   thenRows?: unknown[];
   tx: Tx;
@@ -289,10 +301,11 @@ function inDecisionTransaction<T>(
       : (client) => `${DECISION_TX_START}; ${DECISION_LOCK}; ${then(client)}`,
     (client, results, tx) => {
       // BEGIN and the SET LOCALs answer first, then the lock.
-      const lock = results[DECISION_TX_STATEMENTS]!.rows[0] as { last: string; now: string };
+      const lock = results[DECISION_TX_STATEMENTS]!.rows[0] as LockRow;
       return work(client, {
         now: new Date(Number(lock.now)),
         lastSeq: Number(lock.last),
+        version: lock.version,
         thenRows: then === undefined ? undefined : results[results.length - 1]!.rows,
         tx,
       });
@@ -310,28 +323,49 @@ function inDecisionTransaction<T>(
  * fails after sending its write (the write refused, the connection lost) released the lock by rolling back,
  * so the batch behind checks, once it holds the lock and before it writes anything, that its predecessor
  * committed (`committed`).
+ *
+ * A turn also tells the next one what it works on (`claims`) and the versions of decision_seq's row it saw
+ * at its lock and left at its commit, for the preload (see applyReports).
  */
 class TurnQueue {
   /** The latest turn: `sent` settles when its batch sent its write (null) or failed ({err}), `finished`
    *  when it committed (null) or failed. */
-  private last: Turn = { sent: Promise.resolve(null), finished: Promise.resolve(null), done: true };
+  private last: Turn = {
+    sent: Promise.resolve(null),
+    finished: Promise.resolve(null),
+    done: true,
+    claims: { targets: new Set(), ids: new Set() },
+    locked: Promise.resolve(null),
+    endVersion: null,
+  };
 
-  take(): {
+  take(claims: Claims): {
     ready: Promise<void>;
     committed(): Promise<void>;
     sent(): void;
     finish(err?: unknown): void;
+    /** The turn before this one while it has not finished: what it claims, and its versions. */
+    previous: PreviousTurn | null;
+    /** This turn holds the lock; `version` as DECISION_LOCK read it. */
+    locked(version: string): void;
+    /** This turn's write returned decision_seq's new row version (it commits with the write). */
+    wrote(version: string): void;
   } {
     const previous = this.last;
     let settleSent!: (outcome: { err: unknown } | null) => void;
     let settleFinished!: (outcome: { err: unknown } | null) => void;
+    let settleLocked!: (version: string | null) => void;
     const mine: Turn = {
       sent: new Promise((resolve) => (settleSent = resolve)),
       finished: new Promise((resolve) => (settleFinished = resolve)),
       done: false,
+      claims,
+      locked: new Promise((resolve) => (settleLocked = resolve)),
+      endVersion: null,
     };
     this.last = mine;
     let sent = false;
+    let lockVersion: string | null = null;
     const markSent = (outcome: { err: unknown } | null) => {
       if (sent) return; // first call wins: a batch that sent its write released the next one already
       sent = true;
@@ -340,6 +374,10 @@ class TurnQueue {
     const finish = (outcome: { err: unknown } | null) => {
       if (mine.done) return;
       mine.done = true;
+      // Never locked (failed before): whoever waits for the lock learns it will not come.
+      settleLocked(null);
+      // Committed without a write (every report a duplicate): the row is as the lock found it.
+      if (outcome === null && mine.endVersion === null) mine.endVersion = lockVersion;
       markSent(outcome);
       settleFinished(outcome);
     };
@@ -361,14 +399,54 @@ class TurnQueue {
       committed: () => (waiting ? passOn(previous.finished) : Promise.resolve()),
       sent: () => markSent(null),
       finish: (err?: unknown) => finish(err === undefined ? null : { err }),
+      previous: waiting
+        ? { claims: previous.claims, locked: previous.locked, endVersion: () => previous.endVersion }
+        : null,
+      locked: (version) => {
+        lockVersion = version;
+        settleLocked(version);
+      },
+      wrote: (version) => {
+        mine.endVersion = version;
+      },
     };
   }
+}
+
+/**
+ * Smallest batch (in targets) that preloads. A small batch's load takes PostgreSQL a fraction of a
+ * millisecond, not worth a round trip of its own for both sides; at 500 single reports/s the transactions
+ * hold one or two reports each and keep loading with the lock.
+ */
+const PRELOAD_MIN_TARGETS = 100;
+
+function disjoint(a: Claims, b: Claims): boolean {
+  for (const t of a.targets) if (b.targets.has(t)) return false;
+  for (const id of a.ids) if (b.ids.has(id)) return false;
+  return true;
+}
+
+/** The targets and report ids a batch reads and writes. */
+interface Claims {
+  targets: ReadonlySet<string>;
+  ids: ReadonlySet<string>;
+}
+
+interface PreviousTurn {
+  claims: Claims;
+  /** Resolves with the row version its lock read, or null if it finished without taking the lock. */
+  locked: Promise<string | null>;
+  /** The row version it committed (known once it finished; null before, or if it failed). */
+  endVersion(): string | null;
 }
 
 interface Turn {
   sent: Promise<{ err: unknown } | null>;
   finished: Promise<{ err: unknown } | null>;
   done: boolean;
+  claims: Claims;
+  locked: Promise<string | null>;
+  endVersion: string | null;
 }
 
 async function activeAllowlist(client: pg.PoolClient, now: Date): Promise<string[]> {
@@ -442,6 +520,10 @@ interface LoadedRow {
   decisions: string;
   offenders: string;
   allowlist: string[];
+  /** A preload's allowlist instead: each entry with its end (epoch ms), or null for none. */
+  allowlist_until?: [string, number | null][];
+  /** A preload's version of decision_seq's row. */
+  version?: string;
   /** Ids of the batch's reports stored already (when the load asked). */
   known?: string[];
 }
@@ -450,12 +532,20 @@ interface LoadedRow {
  * The load of loadState: `targets` and `now` are SQL expressions (parameters, or the inlined values).
  * With `ids` (uuid[]), also which of those reports are stored already (`known`).
  */
-function loadStatement(targets: string, now: string, ids?: string): string {
+function loadStatement(targets: string, now: string, ids?: string, preload = false): string {
   const known =
     ids === undefined
       ? ''
       : `,
        (SELECT coalesce(json_agg(id::text), '[]') FROM reports WHERE id = ANY(${ids})) AS known`;
+  // A preload does not know the `now` of its lock yet: the allowlist comes with each entry's end, to be
+  // filtered then, and with the version of decision_seq's row its snapshot saw.
+  const allowlist = preload
+    ? `(SELECT coalesce(json_agg(json_build_array(network::text, round(date_part('epoch', expires_at) * 1000))), '[]')
+          FROM allowlist WHERE expires_at IS NULL OR expires_at > ${now}) AS allowlist_until,
+       (SELECT xmin::text FROM decision_seq WHERE id = 1) AS version`
+    : `(SELECT coalesce(json_agg(network::text), '[]')
+          FROM allowlist WHERE expires_at IS NULL OR expires_at > ${now}) AS allowlist`;
   return `SELECT
        (SELECT ${jsonRows(
          `'["' || ctid::text || '","' || target::text || '",' || ${jsonText('host')} || ',' || ${jsonText('jail')}
@@ -471,8 +561,16 @@ function loadStatement(targets: string, now: string, ids?: string): string {
          `'["' || ctid::text || '","' || target::text || '",' || ban_count::text || ',' || ${epochMs('last_banned_at')}
           || ']'`,
        )} FROM offenders WHERE target = ANY(${targets})) AS offenders,
-       (SELECT coalesce(json_agg(network::text), '[]')
-          FROM allowlist WHERE expires_at IS NULL OR expires_at > ${now}) AS allowlist${known}`;
+       ${allowlist}${known}`;
+}
+
+/** A preload's row as parseLoaded reads it, its allowlist as of `now` (the lock's). */
+function preloadedAt(row: LoadedRow, now: Date): LoadedRow {
+  const at = now.getTime();
+  const allowlist = (row.allowlist_until ?? [])
+    .filter(([, until]) => until === null || until > at)
+    .map(([network]) => network);
+  return { ...row, allowlist };
 }
 
 function parseLoaded(row: LoadedRow): Loaded {
@@ -551,15 +649,18 @@ function parseLoaded(row: LoadedRow): Loaded {
 function inlineLoad(
   targets: readonly string[],
   ids: readonly string[],
+  statement = LOAD_STATEMENT,
 ): ((client: pg.PoolClient) => string) | undefined {
   if (!targets.every((t) => /^[0-9A-Fa-f:./]+$/.test(t))) return undefined;
   if (!ids.every((id) => /^[0-9A-Fa-f-]+$/.test(id))) return undefined;
   const args = [`'{${targets.join(',')}}'`, `'{${ids.join(',')}}'`];
-  return (client) => PREPARED.execute(client, LOAD_STATEMENT, args);
+  return (client) => PREPARED.execute(client, statement, args);
 }
 
 /** The load with the known-ids check, prepared once per connection (see PreparedStatements). */
 const LOAD_STATEMENT = loadStatement('$1::cidr[]', LOCK_NOW, '$2::uuid[]');
+/** The same load before the lock (see applyReports). */
+const PRELOAD_STATEMENT = loadStatement('$1::cidr[]', 'clock_timestamp()', '$2::uuid[]', true);
 
 /**
  * Statements that decision transactions run by EXECUTE, each PREPAREd on a connection the first time it
@@ -829,23 +930,26 @@ function buildWrite(
       WHERE o.ctid = u.ctid)`);
   }
 
+  if (ctes.length === 0 && w.changes.length === 0) return null;
   // Names the dictionary's type even when no column read it (PostgreSQL must know every parameter's type).
   const typed = '$1::timestamptz[] IS NULL AS no_times';
-  let select = `SELECT NULL::bigint AS last, ${typed}`;
+  // Seqs come from the row this transaction already locked: nobody else can take any until we commit. The
+  // row is updated also when no change is logged: its new version (xmin) says that decision state changed.
+  const n = p.add(w.changes.length, 'bigint');
+  ctes.push(
+    `seq AS (UPDATE decision_seq SET last = last + ${n} WHERE id = 1 RETURNING last, xmin::text AS version)`,
+  );
+  let select = `SELECT NULL::bigint AS last, version, ${typed} FROM seq`;
   if (w.changes.length > 0) {
     const c = w.changes;
-    const n = p.add(c.length, 'bigint');
-    // Seqs come from the row this transaction already locked: nobody else can take any until we commit.
-    ctes.push(`seq AS (UPDATE decision_seq SET last = last + ${n} WHERE id = 1 RETURNING last)`);
     ctes.push(`logged AS (
       INSERT INTO decision_log (seq, op, target, expires_at, reason)
       SELECT (SELECT last FROM seq) - ${n} + u.n, u.op, u.target, ${at('u.expires_at')}, u.reason
       FROM unnest(${col(c, (x) => x.op, 'text')}, ${col(c, (x) => x.target, 'cidr')},
         ${times(c, (x) => x.expiresAt)}, ${col(c, (x) => x.reason, 'text')})
         WITH ORDINALITY AS u(op, target, expires_at, reason, n))`);
-    select = `SELECT last, pg_notify(${p.add(CHANNELS.decisionLog, 'text')}, last::text), ${typed} FROM seq`;
+    select = `SELECT last, version, pg_notify(${p.add(CHANNELS.decisionLog, 'text')}, last::text), ${typed} FROM seq`;
   }
-  if (ctes.length === 0) return null;
   return { text: `WITH ${ctes.join(',\n')}\n${select}`, values: p.finish() };
 }
 
@@ -890,6 +994,8 @@ export class DecisionStore {
   private readonly relayBatchSize: number;
   private readonly sweepBatchSize: number;
   private readonly turns: TurnQueue;
+  /** Preloads whose state was current when the lock came (used) or was loaded again under it (redone). */
+  readonly preloads = { used: 0, redone: 0 };
 
   constructor(
     private readonly pool: pg.Pool,
@@ -904,6 +1010,13 @@ export class DecisionStore {
   /**
    * One transaction per batch: stores the reports (a stored id is skipped, so redeliveries have one effect),
    * applies the new ones in batch order under the decision lock and logs the resulting decision changes.
+   *
+   * The preload: while the batch before this one holds the lock, a batch of at least PRELOAD_MIN_TARGETS
+   * targets that shares no target and no report id with it loads its rows already, and only asks for the
+   * lock afterwards; the load (a third of the time under the lock for a batch of repeat offenders) is then
+   * off the path every batch waits on. The preloaded state is used if the version of decision_seq's row
+   * shows that exactly the batch before committed in between (it wrote other rows); if anybody else did
+   * (another persister, a sweep), the batch loads again under the lock.
    */
   async applyReports(batch: readonly Report[]): Promise<ApplyResult> {
     // The same id twice in one batch counts once (the first one).
@@ -914,61 +1027,73 @@ export class DecisionStore {
     const allPlan = this.rules.plan(all);
     const allEncoded = encodeReports(all);
     const ids = all.map((r) => r.id);
-    // The load and the check for stored ids go with the lock: one round trip (manual network unbans look up
-    // the targets inside their networks first, in round trips of their own).
-    const then = allPlan.networks.length === 0 ? inlineLoad(allPlan.targets, ids) : undefined;
-    const turn = this.turns.take();
+    const claims: Claims = { targets: new Set(allPlan.targets), ids: new Set(ids) };
+    const turn = this.turns.take(claims);
+    const previous = turn.previous;
+    // The load and the check for stored ids go with the lock (one round trip), or before it (the preload).
+    // Manual unbans of networks look up the targets inside their networks first, in round trips of their
+    // own, under the lock.
+    const plain = allPlan.networks.length === 0;
+    const preload =
+      plain &&
+      previous !== null &&
+      allPlan.targets.length >= PRELOAD_MIN_TARGETS &&
+      disjoint(claims, previous.claims)
+        ? inlineLoad(allPlan.targets, ids, PRELOAD_STATEMENT)
+        : undefined;
+    let previousLock: string | null = null;
     let failure: unknown;
     try {
+      if (preload && previous) {
+        return await inTransaction<ApplyResult, pg.QueryResult[]>(
+          this.pool,
+          (client) => `${DECISION_TX_START}; ${preload(client)}`,
+          async (client, results, tx) => {
+            const pre = results[results.length - 1]!.rows[0] as LoadedRow;
+            await turn.ready;
+            const lock = (await client.query<LockRow>(DECISION_LOCK)).rows[0]!;
+            turn.locked(lock.version);
+            const now = new Date(Number(lock.now));
+            await turn.committed();
+            // Nobody committed since the preload (the batch before may have done so already before it), or
+            // only the batch before did: its lock read the preload's version and its commit left the one
+            // this lock read.
+            const current =
+              pre.version === lock.version ||
+              (pre.version === previousLock && lock.version === previous.endVersion());
+            this.preloads[current ? 'used' : 'redone'] += 1;
+            const loaded = current
+              ? parseLoaded(preloadedAt(pre, now))
+              : await loadState(client, now, allPlan.targets, [], ids);
+            return this.decideAndWrite(
+              client,
+              batch,
+              all,
+              allEncoded,
+              loaded,
+              now,
+              Number(lock.last),
+              tx,
+              turn,
+            );
+          },
+          // Loaded once the batch before holds the lock: then nobody else can commit before it does.
+          previous.locked.then((version) => {
+            previousLock = version;
+          }),
+        );
+      }
+      const then = plain ? inlineLoad(allPlan.targets, ids) : undefined;
       return await inDecisionTransaction(
         this.pool,
-        async (client, { now, lastSeq: before, thenRows, tx }) => {
+        async (client, { now, lastSeq: before, version, thenRows, tx }) => {
+          turn.locked(version);
           const loaded = thenRows
             ? parseLoaded(thenRows[0] as LoadedRow)
             : await loadState(client, now, allPlan.targets, allPlan.networks, ids);
           // The lock is ours: the batch before this one committed, or failed and rolled back.
           await turn.committed();
-          // Reports are only ever stored under the decision lock, so the check is race-free: a redelivery
-          // another persister is applying right now is visible once we hold the lock. The load covered the
-          // whole batch, so it covers what is left of it.
-          let reports = all;
-          let encoded = allEncoded;
-          if (loaded.known.length > 0) {
-            const stored = new Set(loaded.known);
-            reports = all.filter((r) => !stored.has(r.id));
-            encoded = encodeReports(reports);
-          }
-          const duplicates = batch.length - reports.length;
-          if (reports.length === 0) {
-            turn.sent();
-            return { applied: 0, duplicates, outcomes: [], changes: 0, lastSeq: null, logged: [] };
-          }
-          const writes = this.rules.decide(reports, loaded.state, loaded.allowlist, now);
-          const outcomes = new Map(writes.outcomes.map((o) => [o.id, o.outcome]));
-          const write = buildWrite(writes, loaded, { encoded, outcomes });
-          if (write === null) throw new Error('decision store: a batch of new reports wrote nothing');
-          // The seqs follow the last one given, read under the lock: known before the write is sent.
-          const lastSeq = writes.changes.length > 0 ? before + writes.changes.length : null;
-          if (lastSeq !== null) this.options.onLogged?.(lastSeq);
-          // The write and COMMIT go in one round trip, and the next batch may queue for the lock now: it gets
-          // it the moment this one commits.
-          turn.sent();
-          const rows = await tx.commitWith<{ last: string | null }>(
-            PREPARED.execute(client, write.text, write.values.map(literal)),
-          );
-          const written = rows[0]?.last;
-          if (lastSeq !== null && Number(written) !== lastSeq) {
-            // Only a bug gets here (every seq is given under the lock this transaction holds).
-            throw new Error(`decision store: logged up to seq ${written}, expected ${lastSeq}`);
-          }
-          return {
-            applied: reports.length,
-            duplicates,
-            outcomes: writes.outcomes,
-            changes: writes.changes.length,
-            lastSeq,
-            logged: lastSeq === null ? [] : loggedChanges(writes.changes, lastSeq),
-          };
+          return this.decideAndWrite(client, batch, all, allEncoded, loaded, now, before, tx, turn);
         },
         turn.ready,
         then,
@@ -979,6 +1104,65 @@ export class DecisionStore {
     } finally {
       turn.finish(failure);
     }
+  }
+
+  /**
+   * The part of applyReports under the lock once the state is loaded: skips stored reports, runs the rules,
+   * and sends the write with COMMIT.
+   */
+  private async decideAndWrite(
+    client: pg.PoolClient,
+    batch: readonly Report[],
+    all: Report[],
+    allEncoded: EncodedReports,
+    loaded: Loaded,
+    now: Date,
+    before: number,
+    tx: Tx,
+    turn: { sent(): void; wrote(version: string): void },
+  ): Promise<ApplyResult> {
+    // Reports are only ever stored under the decision lock, so the check is race-free: a redelivery
+    // another persister is applying right now is visible once we hold the lock. The load covered the
+    // whole batch, so it covers what is left of it.
+    let reports = all;
+    let encoded = allEncoded;
+    if (loaded.known.length > 0) {
+      const stored = new Set(loaded.known);
+      reports = all.filter((r) => !stored.has(r.id));
+      encoded = encodeReports(reports);
+    }
+    const duplicates = batch.length - reports.length;
+    if (reports.length === 0) {
+      turn.sent();
+      return { applied: 0, duplicates, outcomes: [], changes: 0, lastSeq: null, logged: [] };
+    }
+    const writes = this.rules.decide(reports, loaded.state, loaded.allowlist, now);
+    const outcomes = new Map(writes.outcomes.map((o) => [o.id, o.outcome]));
+    const write = buildWrite(writes, loaded, { encoded, outcomes });
+    if (write === null) throw new Error('decision store: a batch of new reports wrote nothing');
+    // The seqs follow the last one given, read under the lock: known before the write is sent.
+    const lastSeq = writes.changes.length > 0 ? before + writes.changes.length : null;
+    if (lastSeq !== null) this.options.onLogged?.(lastSeq);
+    // The write and COMMIT go in one round trip, and the next batch may queue for the lock now: it gets
+    // it the moment this one commits.
+    turn.sent();
+    const rows = await tx.commitWith<{ last: string | null; version: string }>(
+      PREPARED.execute(client, write.text, write.values.map(literal)),
+    );
+    turn.wrote(rows[0]!.version);
+    const written = rows[0]?.last;
+    if (lastSeq !== null && Number(written) !== lastSeq) {
+      // Only a bug gets here (every seq is given under the lock this transaction holds).
+      throw new Error(`decision store: logged up to seq ${written}, expected ${lastSeq}`);
+    }
+    return {
+      applied: reports.length,
+      duplicates,
+      outcomes: writes.outcomes,
+      changes: writes.changes.length,
+      lastSeq,
+      logged: lastSeq === null ? [] : loggedChanges(writes.changes, lastSeq),
+    };
   }
 
   /**

@@ -268,3 +268,132 @@ describe('DecisionStore', () => {
     await pool.query('UPDATE decision_relay SET published_seq = $1', [relayed.rows[0]!.p]);
   });
 });
+
+// The preload: a batch behind another loads its rows while that one holds the decision lock, and uses
+// them if exactly that batch committed in between. Each case is checked against the same reports applied
+// one batch at a time in a database of its own (no preload there).
+describe('DecisionStore preload', () => {
+  const rules = engineRules(policyFromEnv(parseEnv(PersisterEnvSchema, {})));
+  let db: TestDatabase;
+  let reference: TestDatabase;
+  let pool: pg.Pool;
+  let otherPool: pg.Pool;
+  let referencePool: pg.Pool;
+  let store: DecisionStore;
+  /** Another persister on the same database. */
+  let other: DecisionStore;
+  let sequential: DecisionStore;
+  /** Runs once, the next time a batch asks for the lock after its preload. */
+  let beforeLock: (() => Promise<void>) | null = null;
+
+  before(async () => {
+    db = await createTestDatabase();
+    reference = await createTestDatabase();
+    pool = createPool(db.url);
+    pool.on('connect', (client) => {
+      const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+      (client as unknown as { query: (...args: unknown[]) => Promise<unknown> }).query = async (
+        ...args: unknown[]
+      ) => {
+        // After a preload the lock is asked for alone; otherwise it goes with BEGIN.
+        if (typeof args[0] === 'string' && args[0].startsWith('SELECT last,') && beforeLock) {
+          const hook = beforeLock;
+          beforeLock = null;
+          await hook();
+        }
+        return query(...args);
+      };
+    });
+    otherPool = createPool(db.url);
+    referencePool = createPool(reference.url);
+    store = new DecisionStore(pool, rules);
+    other = new DecisionStore(otherPool, rules);
+    sequential = new DecisionStore(referencePool, rules);
+  });
+  after(async () => {
+    await pool?.end();
+    await otherPool?.end();
+    await referencePool?.end();
+    await db?.drop();
+    await reference?.drop();
+  });
+
+  let net = 0;
+  /** `n` reports from `host` for fresh targets (or for `targets`). */
+  const batch = (host: string, targets: string[]) =>
+    targets.map((target, i) => report({ target, host, bantime: 3600 + i, jail: i % 2 ? 'sshd' : 'postfix' }));
+  const fresh = (n: number) => {
+    net += 1;
+    return Array.from({ length: n }, (_, i) => `10.${net}.${Math.floor(i / 250)}.${(i % 250) + 1}`);
+  };
+  /** What a database holds, as far as the rules decide it (not when). */
+  const state = async (p: pg.Pool) => {
+    const { rows } = await p.query<{ row: string }>(
+      `SELECT d.target::text || ' ' || d.reporters || ' ' || d.ban_count || ' ' ||
+         (SELECT count(*) FROM active_bans a WHERE a.target = d.target) AS row
+       FROM decisions d ORDER BY d.target`,
+    );
+    const log = await p.query<{ row: string }>(
+      `SELECT seq || ' ' || op || ' ' || target::text AS row FROM decision_log ORDER BY seq`,
+    );
+    return { decisions: rows.map((r) => r.row), log: log.rows.map((r) => r.row) };
+  };
+  /** Applies the batches two at a time in `store`, one at a time in the reference; both states. */
+  const both = async (...batches: ReturnType<typeof batch>[]) => {
+    const outcomes = await Promise.all(batches.map((b) => store.applyReports(b)));
+    for (const b of batches) await sequential.applyReports(b);
+    return { outcomes, got: await state(pool), want: await state(referencePool) };
+  };
+
+  test('a batch behind another loads its rows before the lock and applies as if it loaded them under it', async () => {
+    const seeded = fresh(150);
+    await both(batch('h0', seeded));
+    const before = { ...store.preloads };
+    // The second batch repeats the seeded targets from another host: its rows exist and are updated.
+    const { got, want } = await both(batch('h1', fresh(150)), batch('h1', seeded));
+    assert.deepEqual(store.preloads, { used: before.used + 1, redone: before.redone });
+    assert.deepEqual(got, want);
+  });
+
+  test('another writer between the preload and the lock: the rows are loaded again under the lock', async () => {
+    const targets = fresh(150);
+    const shared = targets[0]!;
+    // Another persister bans one of the batch's targets after its preload read that target's rows.
+    beforeLock = async () => {
+      await other.applyReports([report({ target: shared, host: 'h2' })]);
+    };
+    const before = { ...store.preloads };
+    const first = batch('h1', fresh(150));
+    const second = batch('h1', targets);
+    const outcomes = await Promise.all([store.applyReports(first), store.applyReports(second)]);
+    assert.equal(beforeLock, null, 'the hook ran');
+    assert.deepEqual(store.preloads, { used: before.used, redone: before.redone + 1 });
+    assert.equal(outcomes[1]!.applied, 150);
+    await sequential.applyReports(first);
+    await sequential.applyReports([report({ target: shared, host: 'h2' })]);
+    await sequential.applyReports(second);
+    assert.deepEqual(await state(pool), await state(referencePool));
+    const { rows } = await pool.query('SELECT host FROM active_bans WHERE target = $1 ORDER BY host', [
+      shared,
+    ]);
+    assert.deepEqual(
+      rows.map((r) => r.host),
+      ['h1', 'h2'],
+    );
+  });
+
+  test('a batch sharing a target or a report with the one before it loads under the lock', async () => {
+    const before = { ...store.preloads };
+    const a = fresh(150);
+    const b = fresh(150);
+    b[0] = a[0]!;
+    const { got, want } = await both(batch('h1', a), batch('h2', b));
+    const x = batch('h1', fresh(150));
+    const y = [...batch('h2', fresh(149)), x[0]!];
+    const again = await both(x, y);
+    assert.deepEqual(store.preloads, before);
+    assert.deepEqual(got, want);
+    assert.deepEqual(again.got, again.want);
+    assert.equal(again.outcomes[1]!.duplicates, 1);
+  });
+});
