@@ -129,6 +129,8 @@ export interface DecisionStoreOptions {
    * it recognize the seq as its own.
    */
   onLogged?: (lastSeq: number) => void;
+  /** A batch's preload was current when the lock came (used) or was loaded again under it (redone). */
+  onPreload?: (result: 'used' | 'redone') => void;
 }
 
 /** A decisions row as selected with `target::text AS target`, before it becomes a DecisionRow. */
@@ -1062,6 +1064,7 @@ export class DecisionStore {
               pre.version === lock.version ||
               (pre.version === previousLock && lock.version === previous.endVersion());
             this.preloads[current ? 'used' : 'redone'] += 1;
+            this.options.onPreload?.(current ? 'used' : 'redone');
             const loaded = current
               ? parseLoaded(preloadedAt(pre, now))
               : await loadState(client, now, allPlan.targets, [], ids);

@@ -173,6 +173,17 @@ function createMetrics(registry: Registry) {
           registers: [registry],
         }),
     ),
+    preloads: metric(
+      registry,
+      'banbus_persister_preloads_total',
+      () =>
+        new Counter({
+          name: 'banbus_persister_preloads_total',
+          help: 'Batches that loaded their rows while the batch before held the decision lock, by result (used; redone = somebody else committed in between, loaded again under the lock)',
+          labelNames: ['result'] as const,
+          registers: [registry],
+        }),
+    ),
     handoffOpen: metric(
       registry,
       'banbus_persister_handoff_open',
@@ -213,6 +224,7 @@ export async function startPersister(deps: PersisterDeps): Promise<PersisterRunn
   const store = new DecisionStore(pool, engineRules(policy), {
     logger,
     onLogged: (seq) => relay.logged(seq),
+    onPreload: (result) => metrics.preloads.inc({ result }),
   });
   let stopped = false;
   let started = false;

@@ -95,6 +95,60 @@ test('two persisters under load: seqs 1..N in order, replaying the stream gives 
   assert.deepEqual(rows[0], { orphan_decisions: 0, orphan_bans: 0 });
 });
 
+test('two persisters draining a backlog of big batches: rows loaded before the lock, the same result', async () => {
+  // A world of its own: its backlog is published before any persister runs, so each has two batches in
+  // flight at once. Ten blocks of 200 targets; message k bans block k mod 10 from host h(k div 10): the
+  // batches one persister has in flight at once share no target (the preload's case), and every target
+  // ends up reported by three hosts.
+  const world = await createWorld();
+  try {
+    const blocks = 10;
+    const hosts = 3;
+    for (let k = 0; k < blocks * hosts; k++) {
+      const block = k % blocks;
+      await world.bus.publishReports(
+        Array.from({ length: 200 }, (_, i) =>
+          report({ target: `10.30.${block}.${i + 1}`, host: `h${Math.floor(k / blocks)}`, bantime: 3600 }),
+        ),
+      );
+    }
+    const persisters = [
+      await world.start({ PERSISTER_BATCH_SIZE: 200 }),
+      await world.start({ PERSISTER_BATCH_SIZE: 200 }),
+    ];
+    await waitFor(
+      async () => {
+        const { rows } = await world.pool.query('SELECT count(*)::int AS n FROM reports');
+        return rows[0].n === blocks * hosts * 200;
+      },
+      { timeoutMs: 60_000, what: 'every report applied' },
+    );
+    const lastSeq = await persisters[0]!.store.lastSeq();
+    await waitFor(() => world.listener.changes.length >= lastSeq, {
+      timeoutMs: 30_000,
+      what: 'every change relayed',
+    });
+    assert.deepEqual(
+      world.listener.changes.map((c) => c.seq),
+      Array.from({ length: lastSeq }, (_, i) => i + 1),
+    );
+    let used = 0;
+    for (const p of persisters) {
+      const values = (await p.registry.getSingleMetric('banbus_persister_preloads_total')!.get()).values;
+      used += values.filter((v) => v.labels.result === 'used').reduce((sum, v) => sum + v.value, 0);
+    }
+    assert.ok(used > 0, 'batches were preloaded');
+    const { rows } = await world.pool.query<{ reporters: number; bans: number; n: number }>(
+      `SELECT d.reporters, (SELECT count(*)::int FROM active_bans a WHERE a.target = d.target) AS bans,
+              count(*)::int AS n
+       FROM decisions d GROUP BY 1, 2`,
+    );
+    assert.deepEqual(rows, [{ reporters: hosts, bans: hosts, n: blocks * 200 }]);
+  } finally {
+    await world.close();
+  }
+});
+
 test('when the relaying persister stops, the other one takes the lease and relays every change', async () => {
   // A world of its own: the persisters of the test above hold the lease of theirs.
   const world = await createWorld();
