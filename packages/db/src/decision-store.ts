@@ -566,13 +566,12 @@ function loadStatement(targets: string, now: string, ids?: string, preload = fal
        ${allowlist}${known}`;
 }
 
-/** A preload's row as parseLoaded reads it, its allowlist as of `now` (the lock's). */
-function preloadedAt(row: LoadedRow, now: Date): LoadedRow {
+/** A preload's allowlist as of `now` (the lock's). */
+function allowlistAt(row: LoadedRow, now: Date): string[] {
   const at = now.getTime();
-  const allowlist = (row.allowlist_until ?? [])
+  return (row.allowlist_until ?? [])
     .filter(([, until]) => until === null || until > at)
-    .map(([network]) => network);
-  return { ...row, allowlist };
+    .map(([network]) => targetFromDb(network));
 }
 
 function parseLoaded(row: LoadedRow): Loaded {
@@ -1052,6 +1051,8 @@ export class DecisionStore {
           (client) => `${DECISION_TX_START}; ${preload(client)}`,
           async (client, results, tx) => {
             const pre = results[results.length - 1]!.rows[0] as LoadedRow;
+            // Parsed while the batch before still holds the lock; only the allowlist waits for `now`.
+            const preloaded = parseLoaded({ ...pre, allowlist: [] });
             await turn.ready;
             const lock = (await client.query<LockRow>(DECISION_LOCK)).rows[0]!;
             turn.locked(lock.version);
@@ -1066,7 +1067,7 @@ export class DecisionStore {
             this.preloads[current ? 'used' : 'redone'] += 1;
             this.options.onPreload?.(current ? 'used' : 'redone');
             const loaded = current
-              ? parseLoaded(preloadedAt(pre, now))
+              ? { ...preloaded, allowlist: allowlistAt(pre, now) }
               : await loadState(client, now, allPlan.targets, [], ids);
             return this.decideAndWrite(
               client,
