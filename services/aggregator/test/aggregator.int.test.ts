@@ -22,6 +22,26 @@ function haveTool(name: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
 }
 
+/** Bans `count` fresh targets, one change at a time; returns them. */
+async function banFresh(world: World, count: number): Promise<string[]> {
+  const targets: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const target = freshTarget();
+    targets.push(target);
+    await world.publish([report({ target })]);
+  }
+  return targets;
+}
+
+/** Follows the stream again; the next change shows the gap, which is filled from the log. */
+async function followAndFill(world: World, agg: TestAggregator): Promise<void> {
+  const fillsBefore = agg.follower.gapFills;
+  await agg.follower.follow();
+  const next = await world.publish([report({ target: freshTarget() })]);
+  await agg.waitForSeq(next.seq);
+  assert.ok(agg.follower.gapFills > fillsBefore);
+}
+
 describe('aggregator', () => {
   let world: World;
   let agg: TestAggregator;
@@ -303,21 +323,12 @@ describe('aggregator', () => {
 
   test('a gap (purged queue) is filled from decision_log', async () => {
     await agg.follower.unfollow();
-    const missed: string[] = [];
-    for (let i = 0; i < 5; i++) {
-      const target = freshTarget();
-      missed.push(target);
-      await world.publish([report({ target })]);
-    }
+    const missed = await banFresh(world, 5);
     const conn = await connect(world.amqpUrl);
     const ch = await conn.createChannel();
     await ch.purgeQueue(`${world.namespace}.aggregator`);
     await conn.close();
-    const fillsBefore = agg.follower.gapFills;
-    await agg.follower.follow();
-    const next = await world.publish([report({ target: freshTarget() })]);
-    await agg.waitForSeq(next.seq);
-    assert.ok(agg.follower.gapFills > fillsBefore);
+    await followAndFill(world, agg);
     const served = entriesOf(await list('?family=all'));
     for (const t of missed) assert.ok(served.includes(t), t);
     assert.deepEqual(served, await expected());
@@ -399,12 +410,7 @@ describe('the aggregator queue', () => {
     await agg.follower.whenLoaded();
     assert.ok(agg.follower.state.seq >= first.seq);
     await agg.follower.unfollow();
-    const missed: string[] = [];
-    for (let i = 0; i < 3; i++) {
-      const target = freshTarget();
-      missed.push(target);
-      await world.publish([report({ target })]);
-    }
+    const missed = await banFresh(world, 3);
     // Then more messages than the bound, each a change the aggregator already holds: the queue keeps the
     // newest 100, so the changes above are dropped from it.
     const conn = await connect(world.amqpUrl);
@@ -417,11 +423,7 @@ describe('the aggregator queue', () => {
     } finally {
       await conn.close();
     }
-    const fillsBefore = agg.follower.gapFills;
-    await agg.follower.follow();
-    const next = await world.publish([report({ target: freshTarget() })]);
-    await agg.waitForSeq(next.seq);
-    assert.ok(agg.follower.gapFills > fillsBefore);
+    await followAndFill(world, agg);
     const served = entriesOf(
       await (
         await fetch(`${agg.url}/v1/blocklist.txt?family=all`, {
