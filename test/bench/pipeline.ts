@@ -1,8 +1,7 @@
 // Ingest and persister throughput, each next to its reference measured in the same run.
-import { randomUUID } from 'node:crypto';
 import amqp from 'amqplib';
 import pg from 'pg';
-import { PersisterEnvSchema, parseEnv, type Report } from '@banbus/core';
+import { PersisterEnvSchema, newReportId, parseEnv, type Report } from '@banbus/core';
 import { Bus, topology } from '@banbus/bus';
 import { HostRepository, createPool } from '@banbus/db';
 import { createLogger, createRegistry, type Registry } from '@banbus/runtime';
@@ -144,7 +143,7 @@ async function rawUnnest(databaseUrl: string, count: number, batch: number): Pro
   const started = performance.now();
   for (let offset = 0; offset < count; offset += batch) {
     const n = Math.min(batch, count - offset);
-    const ids = Array.from({ length: n }, () => randomUUID());
+    const ids = Array.from({ length: n }, () => newReportId());
     const targets = Array.from({ length: n }, (_, k) => ipv4(0x0c000000 + offset + k));
     await client.query(
       `INSERT INTO raw_reports (id, action, target, host, jail, bantime, reported_at)
@@ -170,7 +169,7 @@ function newTargets(count: number, round: number): Report[] {
   const base = 0x0d000000 + round * count;
   const time = new Date().toISOString();
   return Array.from({ length: count }, (_, k) => ({
-    id: randomUUID(),
+    id: newReportId(),
     action: 'ban',
     target: ipv4(base + k),
     host: 'bench',
@@ -192,7 +191,7 @@ function repeatOffenders(count: number, round: number): Report[] {
   return Array.from({ length: count }, (_, k) => {
     const host = `host-${Math.floor(k / targets) % 4}`;
     return {
-      id: randomUUID(),
+      id: newReportId(),
       action: k % 10 === 9 ? 'unban' : 'ban',
       target: ipv4(base + ((k * 7919) % targets)),
       host,

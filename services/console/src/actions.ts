@@ -4,11 +4,11 @@
 // change. A manual unban ends every host's ban of the target (and of every target inside it). Allowlist
 // and host changes are rows in PostgreSQL (the persister lifts what a new allowlist entry covers). Every
 // change is written to the audit log.
-import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import {
   Allowlist,
   ReportSchema,
+  newReportId,
   parseTarget,
   tooBroad,
   widenTarget,
@@ -138,7 +138,7 @@ export class AdminActions {
         'target',
       );
     const report: Report = {
-      id: randomUUID(),
+      id: newReportId(),
       action: 'ban',
       target: target.text,
       host: reportHost(actor),
@@ -180,7 +180,7 @@ export class AdminActions {
       );
     }
     const report: Report = {
-      id: randomUUID(),
+      id: newReportId(),
       action: 'unban',
       target: target.text,
       host: reportHost(actor),

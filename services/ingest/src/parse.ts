@@ -1,9 +1,8 @@
 // Turns what a client sent (JSON object, JSON array, form fields, or the old fail2ban.php query) into
 // validated report inputs. No I/O: the checks that need state (allowlist, scopes, rate) live in checks.ts.
-import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { HttpError } from '@banbus/runtime';
-import { ORIGINS, parseTarget, type Origin, type Target } from '@banbus/core';
+import { ORIGINS, newReportId, parseTarget, type Origin, type Target } from '@banbus/core';
 
 /** One report as the client described it, validated and normalized; host and checks come later. */
 export interface ReportInput {
@@ -217,7 +216,7 @@ function fail(error: z.ZodError, prefix: string): never {
 
 function toInput(data: ParsedBody, now: () => Date): ReportInput {
   return {
-    id: data.id ?? randomUUID(),
+    id: data.id ?? newReportId(),
     action: data.action,
     target: data.ip,
     origin: data.origin ?? 'fail2ban',

@@ -100,6 +100,8 @@ describe('ingest app', () => {
       bus.published.map((r) => [r.id, r.host]),
       [[body.ids[0], 'web1']],
     );
+    // Time-ordered (UUIDv7): new rows go to the right edge of the reports' primary key.
+    assert.match(body.ids[0]!, /^[0-9a-f]{8}-[0-9a-f]{4}-7/);
   });
 
   test('accepted reports are handed to the persister of the process as they are published', async () => {

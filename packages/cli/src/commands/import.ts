@@ -2,12 +2,11 @@
 // its fail2ban table) through ingest's batch path. Every line is checked here first, so the summary can
 // name each rejected line; addresses the fleet already bans (exact target in the aggregator's decisions)
 // are counted as already banned and not sent again, so a second run of the same list imports nothing.
-import { randomUUID } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { z } from 'zod';
-import { DurationSeconds, parseEnv, parseTarget } from '@banbus/core';
+import { DurationSeconds, newReportId, parseEnv, parseTarget } from '@banbus/core';
 import type { IngestClient } from '@banbus/importer-3cx';
 import { parseArg } from '../args.js';
 import { UsageError, processIo, type CliIo } from '../io.js';
@@ -329,7 +328,7 @@ export function importCommand(program: Command, io: CliIo): void {
             client,
             toSend,
             (entry) => ({
-              id: randomUUID(),
+              id: newReportId(),
               ip: entry.target,
               action: 'ban',
               origin: 'import',
