@@ -995,8 +995,6 @@ export class DecisionStore {
   private readonly relayBatchSize: number;
   private readonly sweepBatchSize: number;
   private readonly turns: TurnQueue;
-  /** Preloads whose state was current when the lock came (used) or was loaded again under it (redone). */
-  readonly preloads = { used: 0, redone: 0 };
 
   constructor(
     private readonly pool: pg.Pool,
@@ -1042,7 +1040,6 @@ export class DecisionStore {
       disjoint(claims, previous.claims)
         ? inlineLoad(allPlan.targets, ids, PRELOAD_STATEMENT)
         : undefined;
-    let previousLock: string | null = null;
     let failure: unknown;
     try {
       if (preload && previous) {
@@ -1058,13 +1055,13 @@ export class DecisionStore {
             turn.locked(lock.version);
             const now = new Date(Number(lock.now));
             await turn.committed();
+            const previousLock = await previous.locked; // settled before the preload was sent
             // Nobody committed since the preload (the batch before may have done so already before it), or
             // only the batch before did: its lock read the preload's version and its commit left the one
             // this lock read.
             const current =
               pre.version === lock.version ||
               (pre.version === previousLock && lock.version === previous.endVersion());
-            this.preloads[current ? 'used' : 'redone'] += 1;
             this.options.onPreload?.(current ? 'used' : 'redone');
             const loaded = current
               ? { ...preloaded, allowlist: allowlistAt(pre, now) }
@@ -1082,9 +1079,7 @@ export class DecisionStore {
             );
           },
           // Loaded once the batch before holds the lock: then nobody else can commit before it does.
-          previous.locked.then((version) => {
-            previousLock = version;
-          }),
+          previous.locked.then(() => undefined),
         );
       }
       const then = plain ? inlineLoad(allPlan.targets, ids) : undefined;
@@ -1153,8 +1148,8 @@ export class DecisionStore {
     const rows = await tx.commitWith<{ last: string | null; version: string }>(
       PREPARED.execute(client, write.text, write.values.map(literal)),
     );
-    turn.wrote(rows[0]!.version);
-    const written = rows[0]?.last;
+    const { last: written, version } = rows[0]!;
+    turn.wrote(version);
     if (lastSeq !== null && Number(written) !== lastSeq) {
       // Only a bug gets here (every seq is given under the lock this transaction holds).
       throw new Error(`decision store: logged up to seq ${written}, expected ${lastSeq}`);

@@ -17,8 +17,8 @@ export interface FollowerOptions {
   onChange: () => void;
   /** How often PostgreSQL is asked whether seqs were missed without a message saying so (ms). */
   checkIntervalMs?: number;
-  /** Most messages the queue holds while nobody reads it (x-max-length, oldest dropped). Default 100,000. */
-  queueMaxLength?: number;
+  /** Most messages the queue holds while nobody reads it (x-max-length, oldest dropped). */
+  queueMaxLength: number;
 }
 
 const RETRY_MIN_MS = 500;
@@ -76,13 +76,7 @@ export class DecisionFollower {
     this.consumer = await bus.consume<DecisionChange[]>({
       queue: t.aggregatorQueue,
       declare: async (channel) => {
-        await declareAggregatorQueue(
-          bus,
-          channel,
-          t,
-          this.options.queueMaxLength ?? 100_000,
-          this.options.logger,
-        );
+        await declareAggregatorQueue(bus, channel, t, this.options.queueMaxLength, this.options.logger);
         await channel.bindQueue(t.aggregatorQueue, t.decisionsExchange, '');
       },
       schema: DecisionMessageSchema,
